@@ -1,0 +1,6 @@
+//! Parsed value types for addresses: email addresses and mailboxes (`email`), and postal
+//! addresses (`postal`, USPS Publication 28 and per-country formats).
+
+pub mod email;
+
+pub use email::{AddressError, EmailAddress, Mailbox};

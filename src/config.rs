@@ -1,0 +1,599 @@
+//! Typed configuration: embedded defaults, then `mailsflux.toml` (or `--config FILE`), then
+//! `MAILSFLUX_<SECTION>__<KEY>` environment variables.
+//!
+//! Every key of API.md is accepted from the first release, also where its feature is small
+//! today, so that a file written against the contract never stops a start. An unknown key or
+//! a bad value is a [`ConfigError`] that names the setting and what it allows; `main` turns it
+//! into exit code 2.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration. Each section mirrors a `[section]` of `mailsflux.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub delivery: DeliveryConfig,
+    pub domains: DomainsConfig,
+    pub dns: DnsConfig,
+    pub webhooks: WebhooksConfig,
+    pub limits: LimitsConfig,
+    pub postal: PostalConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base of tracking, unsubscribe and dashboard links.
+    pub public_url: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8825)),
+            public_url: "http://127.0.0.1:8825".into(),
+            max_body_bytes: 40 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("mailsflux.db"),
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma. `full` fsyncs every commit; group commit keeps it cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    /// EHLO name and the Message-ID domain fallback.
+    pub hostname: String,
+    /// SMTP sessions at once.
+    pub concurrency: usize,
+    pub retry_schedule: Vec<DurationSetting>,
+    pub require_verified_domain: bool,
+    pub direct: DirectConfig,
+    pub relay: RelayConfig,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeliveryMode::Direct,
+            hostname: "localhost".into(),
+            concurrency: 64,
+            retry_schedule: ["1m", "5m", "15m", "1h", "3h", "6h", "12h", "24h"]
+                .iter()
+                .map(|s| DurationSetting::parse(s).expect("valid default"))
+                .collect(),
+            require_verified_domain: true,
+            direct: DirectConfig::default(),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    Direct,
+    Relay,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectConfig {
+    /// The MX port; tests point it elsewhere.
+    pub port: u16,
+    pub starttls: DirectStartTls,
+}
+
+impl Default for DirectConfig {
+    fn default() -> Self {
+        Self {
+            port: 25,
+            starttls: DirectStartTls::Opportunistic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectStartTls {
+    Opportunistic,
+    Required,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: RelayTls,
+    #[serde(deserialize_with = "string_like")]
+    pub username: String,
+    #[serde(deserialize_with = "string_like")]
+    pub password: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 25,
+            tls: RelayTls::Starttls,
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    pub dkim_selector: String,
+    /// The SPF value to publish; `{hostname}` stands for `delivery.hostname`.
+    pub spf: String,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        Self {
+            dkim_selector: "mf".into(),
+            spf: "v=spf1 a:{hostname} ~all".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Empty means the system's resolvers.
+    pub nameservers: Vec<Nameserver>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub allow_private_targets: bool,
+    pub timeout: DurationSetting,
+    pub retry_schedule: Vec<DurationSetting>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout: DurationSetting(Duration::from_secs(10)),
+            retry_schedule: [
+                "0s", "5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h",
+            ]
+            .iter()
+            .map(|s| DurationSetting::parse(s).expect("valid default"))
+            .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Per API key; 0 turns the limit off.
+    pub requests_per_second: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostalConfig {
+    pub vendor: PostalVendorName,
+    pub parcel_vendor: ParcelVendorName,
+    pub simulator: SimulatorConfig,
+    pub lob: LobConfig,
+    pub easypost: EasyPostConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostalVendorName {
+    #[default]
+    Simulator,
+    Lob,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParcelVendorName {
+    #[default]
+    Simulator,
+    Easypost,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    /// Time between tracking steps.
+    pub step: DurationSetting,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            step: DurationSetting(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LobConfig {
+    #[serde(deserialize_with = "string_like")]
+    pub api_key: String,
+    pub base_url: String,
+    #[serde(deserialize_with = "string_like")]
+    pub webhook_secret: String,
+}
+
+impl Default for LobConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            base_url: "https://api.lob.com".into(),
+            webhook_secret: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EasyPostConfig {
+    #[serde(deserialize_with = "string_like")]
+    pub api_key: String,
+    pub base_url: String,
+    pub carrier: String,
+    pub service: String,
+}
+
+impl Default for EasyPostConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            base_url: "https://api.easypost.com".into(),
+            carrier: "USPS".into(),
+            service: "GroundAdvantage".into(),
+        }
+    }
+}
+
+/// A duration written as a string such as `"500ms"`, `"30s"`, `"5m"` or `"2h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationSetting(pub Duration);
+
+impl DurationSetting {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(DurationSetting)
+            .map_err(|_| {
+                format!(
+                    "'{s}' is not a duration; write it like \"500ms\", \"30s\", \"5m\" or \"2h\""
+                )
+            })
+    }
+}
+
+impl Serialize for DurationSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DurationSetting::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A DNS server address; the port defaults to 53.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nameserver(pub SocketAddr);
+
+impl Serialize for Nameserver {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Nameserver {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Nameserver(addr));
+        }
+        if let Ok(ip) = s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            return Ok(Nameserver(SocketAddr::new(ip, 53)));
+        }
+        Err(serde::de::Error::custom(format!(
+            "'{s}' is not a nameserver address; write an IP with an optional port, like \"127.0.0.1:5353\""
+        )))
+    }
+}
+
+/// Accepts numbers and booleans for string settings: an environment variable such as
+/// `MAILSFLUX_DELIVERY__RELAY__PASSWORD=123456` arrives as a number.
+fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Any {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Any::deserialize(d)? {
+        Any::S(s) => s,
+        Any::I(i) => i.to_string(),
+        Any::F(f) => f.to_string(),
+        Any::B(b) => b.to_string(),
+    })
+}
+
+/// A configuration problem that stops the start (exit code 2).
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ENV_PREFIX: &str = "MAILSFLUX_";
+
+impl Config {
+    /// Loads defaults, then the file (an explicit `--config` must exist; `./mailsflux.toml` is
+    /// read when present), then the environment, and checks every value.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError(format!(
+                        "the configuration file {} does not exist (given with --config)",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                let default = Path::new("mailsflux.toml");
+                if default.is_file() {
+                    figment = figment.merge(Toml::file_exact(default));
+                }
+            }
+        }
+        // Only MAILSFLUX_<SECTION>__<KEY> names are settings; MAILSFLUX_ADMIN_PASSWORD is not.
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules that types alone cannot say.
+    fn check(&self) -> Result<(), ConfigError> {
+        let fail = |setting: &str, what: String| {
+            Err(ConfigError(format!(
+                "invalid setting '{setting}' ({}): {what}",
+                env_name(setting)
+            )))
+        };
+        if url::Url::parse(&self.server.public_url)
+            .map(|u| !matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(true)
+        {
+            return fail(
+                "server.public_url",
+                format!(
+                    "'{}' is not an http(s) URL; write it like \"https://mail.example.com\"",
+                    self.server.public_url
+                ),
+            );
+        }
+        if self.server.max_body_bytes < 1024 {
+            return fail(
+                "server.max_body_bytes",
+                "must be at least 1024 bytes".to_string(),
+            );
+        }
+        if self.database.path.as_os_str().is_empty() {
+            return fail("database.path", "must not be empty".to_string());
+        }
+        if self.delivery.concurrency == 0 {
+            return fail(
+                "delivery.concurrency",
+                "must be at least 1 SMTP session".to_string(),
+            );
+        }
+        if self.delivery.hostname.trim().is_empty()
+            || self.delivery.hostname.contains(char::is_whitespace)
+        {
+            return fail(
+                "delivery.hostname",
+                "must be a host name such as \"mail.example.com\"".to_string(),
+            );
+        }
+        if self.delivery.relay.host.trim().is_empty() {
+            return fail(
+                "delivery.relay.host",
+                "must name the relay host".to_string(),
+            );
+        }
+        if self.domains.dkim_selector.is_empty()
+            || !self
+                .domains
+                .dkim_selector
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return fail(
+                "domains.dkim_selector",
+                "must be letters, digits and dashes, like \"mf\"".to_string(),
+            );
+        }
+        if !self.domains.spf.starts_with("v=spf1") {
+            return fail(
+                "domains.spf",
+                "must be an SPF record starting with \"v=spf1\"".to_string(),
+            );
+        }
+        if self.webhooks.timeout.0.is_zero() {
+            return fail("webhooks.timeout", "must be longer than 0s".to_string());
+        }
+        if self.postal.simulator.step.0.is_zero() {
+            return fail(
+                "postal.simulator.step",
+                "must be longer than 0s".to_string(),
+            );
+        }
+        for (name, url) in [
+            ("postal.lob.base_url", &self.postal.lob.base_url),
+            ("postal.easypost.base_url", &self.postal.easypost.base_url),
+        ] {
+            if url::Url::parse(url).is_err() {
+                return fail(name, format!("'{url}' is not a URL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The retry schedule as plain durations.
+    pub fn delivery_retry_schedule(&self) -> Vec<Duration> {
+        self.delivery.retry_schedule.iter().map(|d| d.0).collect()
+    }
+}
+
+/// `delivery.relay.port` -> `MAILSFLUX_DELIVERY__RELAY__PORT`.
+pub fn env_name(setting: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        setting.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let mut lines = Vec::new();
+    for e in err {
+        let mut path: Vec<String> = e.path.clone();
+        // Unknown keys are reported on their parent; name the key itself.
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            path.push(field.clone());
+        }
+        let setting = path.join(".");
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| m.name.to_string())
+            .unwrap_or_else(|| "configuration".into());
+        let what = match &e.kind {
+            figment::error::Kind::UnknownField(field, expected) => format!(
+                "'{field}' is not a setting{}",
+                if expected.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the settings here are: {}", expected.join(", "))
+                }
+            ),
+            figment::error::Kind::UnknownVariant(value, expected) => format!(
+                "'{value}' is not allowed; use one of: {}",
+                expected
+                    .iter()
+                    .map(|v| format!("\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        };
+        let env_hint = if setting.is_empty() {
+            String::new()
+        } else {
+            format!(", env {}", env_name(&setting))
+        };
+        lines.push(format!(
+            "invalid setting '{setting}' (from {source}{env_hint}): {what}"
+        ));
+    }
+    ConfigError(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().check().unwrap();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            DurationSetting::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            DurationSetting::parse("2h").unwrap().0,
+            Duration::from_secs(7200)
+        );
+        assert!(DurationSetting::parse("soon").is_err());
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(
+            env_name("delivery.relay.port"),
+            "MAILSFLUX_DELIVERY__RELAY__PORT"
+        );
+    }
+}

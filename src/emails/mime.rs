@@ -1,0 +1,136 @@
+//! Builds the MIME message of an email with mail-builder: multipart/alternative text + html,
+//! a text part derived from the HTML when none is given (links kept as text), attachments,
+//! inline `cid:` parts, custom headers, `Message-ID: <msg_...@domain>` and `Date`.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::text::Text;
+
+use super::request::EmailDraft;
+use crate::address::Mailbox;
+
+/// Extra headers the server adds (List-Unsubscribe for marketing, ...).
+pub type ExtraHeaders = Vec<(String, String)>;
+
+fn address(m: &Mailbox) -> Address<'static> {
+    Address::new_address(m.name.clone(), m.address.to_string())
+}
+
+fn address_list(list: &[Mailbox]) -> Address<'static> {
+    if list.len() == 1 {
+        address(&list[0])
+    } else {
+        Address::new_list(list.iter().map(address).collect())
+    }
+}
+
+/// Plain text from HTML: readable lines, links as footnotes, no decoration.
+pub fn html_to_text(html: &str) -> String {
+    html2text::config::plain()
+        .string_from_read(html.as_bytes(), 78)
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
+/// The message-id (without angle brackets) of email `id` sent from `domain`.
+pub fn message_id(email_id: &str, domain: &str) -> String {
+    format!("{email_id}@{domain}")
+}
+
+/// The full message bytes (CRLF line endings), ready for SMTP.
+pub fn build(
+    draft: &EmailDraft,
+    message_id: &str,
+    date_unix: i64,
+    extra: &ExtraHeaders,
+) -> std::io::Result<Vec<u8>> {
+    let mut builder = MessageBuilder::new()
+        .from(address(&draft.from))
+        .subject(Text::new(draft.subject.clone()))
+        .message_id(message_id.to_string())
+        .date(date_unix);
+    if !draft.to.is_empty() {
+        builder = builder.to(address_list(&draft.to));
+    }
+    if !draft.cc.is_empty() {
+        builder = builder.cc(address_list(&draft.cc));
+    }
+    if !draft.reply_to.is_empty() {
+        builder = builder.reply_to(address_list(&draft.reply_to));
+    }
+    for (name, value) in draft.headers.iter().chain(extra.iter()) {
+        builder = builder.header(name.clone(), Raw::new(value.clone()));
+    }
+    let text = match (&draft.text, &draft.html) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(html)) => Some(html_to_text(html)),
+        (None, None) => None,
+    };
+    if let Some(text) = text {
+        builder = builder.text_body(text);
+    }
+    if let Some(html) = &draft.html {
+        builder = builder.html_body(html.clone());
+    }
+    for a in &draft.attachments {
+        builder = match &a.content_id {
+            Some(cid) => builder.inline(a.content_type.clone(), cid.clone(), a.content.clone()),
+            None => builder.attachment(
+                a.content_type.clone(),
+                a.filename.clone(),
+                a.content.clone(),
+            ),
+        };
+    }
+    builder.write_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emails::request::SendRequest;
+
+    fn draft(json: &str) -> EmailDraft {
+        serde_json::from_str::<SendRequest>(json)
+            .unwrap()
+            .into_draft(false)
+            .unwrap()
+    }
+
+    #[test]
+    fn builds_alternative_with_derived_text() {
+        let d = draft(
+            r#"{"from":"Acme <hello@acme.test>","to":["ana@example.org","Bo <bo@example.org>"],
+                "subject":"Hi ünïcode","html":"<p>Thanks <a href=\"https://x.test/r\">receipt</a></p>",
+                "headers":{"X-Entity-Ref-ID":"123"}}"#,
+        );
+        let raw = build(&d, "msg_1@acme.test", 1_775_899_937, &Vec::new()).unwrap();
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert_eq!(parsed.subject(), Some("Hi ünïcode"));
+        assert_eq!(parsed.message_id(), Some("msg_1@acme.test"));
+        assert!(parsed.body_text(0).unwrap().contains("https://x.test/r"));
+        assert!(parsed.body_html(0).unwrap().contains("<a href"));
+        assert_eq!(parsed.to().unwrap().iter().count(), 2);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.contains("X-Entity-Ref-ID: 123"));
+        assert!(text.contains("multipart/alternative"));
+        assert!(!text.contains("Bcc"));
+    }
+
+    #[test]
+    fn attachments_and_inline_parts() {
+        let d = draft(
+            r#"{"from":"a@acme.test","to":"b@example.org","subject":"s","html":"<img src=\"cid:logo\">",
+                "attachments":[{"filename":"r.pdf","content":"JVBERi0xLjQ="},
+                               {"content_id":"logo","filename":"logo.png","content":"iVBORw0KGgo="}]}"#,
+        );
+        let raw = build(&d, "m@acme.test", 0, &Vec::new()).unwrap();
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert_eq!(parsed.attachment_count(), 2);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.contains("application/pdf"));
+        assert!(text.contains("Content-ID: <logo>"));
+    }
+}

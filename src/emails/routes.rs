@@ -1,0 +1,400 @@
+//! Routes of the emails API. Thin: parse into typed values, call the store through the
+//! writer or a reader, map the answer.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::request::SendRequest;
+use super::store::{self, Accepted, CancelOutcome, ListFilter, PreparedEmail};
+use crate::AppState;
+use crate::http::idempotency::{self, Begin};
+use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
+use crate::store::time;
+
+/// Most items of one batch.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/emails/send").route(web::post().to(send)))
+        .service(web::resource("/emails/batch").route(web::post().to(batch)))
+        .service(web::resource("/emails").route(web::get().to(list)))
+        .service(web::resource("/emails/{id}").route(web::get().to(get)))
+        .service(web::resource("/emails/{id}/cancel").route(web::post().to(cancel)));
+}
+
+/// Checks what this build cannot resolve yet: references to templates and audiences.
+fn check_references(r: &SendRequest) -> Result<(), ApiError> {
+    if let Some(t) = &r.template_id {
+        return Err(
+            ApiError::validation(format!("The template '{t}' does not exist."))
+                .with_field("template_id"),
+        );
+    }
+    if let Some(a) = &r.audience_id {
+        return Err(
+            ApiError::validation(format!("The audience '{a}' does not exist."))
+                .with_field("audience_id"),
+        );
+    }
+    Ok(())
+}
+
+/// Parses and prepares one send request (CPU work: called off the async threads).
+fn prepare_one(auth: &Authenticated, request: SendRequest) -> Result<PreparedEmail, ApiError> {
+    check_references(&request)?;
+    let draft = request.into_draft(false)?;
+    super::prepare(auth.mode(), auth.key_id(), draft)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a blocking task failed");
+        ApiError::internal()
+    })
+}
+
+/// `POST /v1/emails/send`
+async fn send(
+    state: web::Data<AppState>,
+    auth: Authenticated,
+    req: HttpRequest,
+    body: ApiJson<SendRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let claim = match idempotency::begin(
+        &state.db,
+        &state.in_flight,
+        auth.mode(),
+        &req,
+        "/v1/emails/send",
+        &body.raw,
+    )
+    .await?
+    {
+        Begin::Replay(res) => return Ok(res),
+        Begin::Claimed(c) => Some(c),
+        Begin::NoKey => None,
+    };
+    let ApiJson { value, .. } = body;
+    let prepared = if value.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
+        let auth = auth.clone();
+        blocking(move || prepare_one(&auth, value)).await??
+    } else {
+        prepare_one(&auth, value)?
+    };
+    let record = claim.as_ref().map(|c| c.record());
+    let (accepted, bytes) = state
+        .db
+        .write(move |conn| -> Result<(Accepted, Vec<u8>), ApiError> {
+            let accepted = store::insert(conn, &prepared)?;
+            let bytes = json_body(&accepted);
+            if let Some(record) = &record {
+                record.save(conn, 200, &bytes)?;
+            }
+            Ok((accepted, bytes))
+        })
+        .await?;
+    drop(claim);
+    state.metrics.email_accepted(accepted.status);
+    state.delivery.wake();
+    Ok(json_response(StatusCode::OK, bytes))
+}
+
+/// One refused item of a batch.
+#[derive(Debug, Serialize)]
+struct ItemError {
+    index: usize,
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+/// `POST /v1/emails/batch`
+async fn batch(
+    state: web::Data<AppState>,
+    auth: Authenticated,
+    req: HttpRequest,
+    body: ApiJson<Vec<Value>>,
+) -> Result<HttpResponse, ApiError> {
+    let permissive = match req
+        .headers()
+        .get("x-batch-validation")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        None | Some("strict") => false,
+        Some("permissive") => true,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "The x-batch-validation header must be \"strict\" or \"permissive\" (got \"{other}\")."
+            ))
+            .with_field("x-batch-validation"));
+        }
+    };
+    let count = body.value.len();
+    if count == 0 || count > MAX_BATCH {
+        return Err(ApiError::validation(format!(
+            "A batch holds 1 to {MAX_BATCH} emails (got {count})."
+        )));
+    }
+    let claim = match idempotency::begin(
+        &state.db,
+        &state.in_flight,
+        auth.mode(),
+        &req,
+        "/v1/emails/batch",
+        &body.raw,
+    )
+    .await?
+    {
+        Begin::Replay(res) => return Ok(res),
+        Begin::Claimed(c) => Some(c),
+        Begin::NoKey => None,
+    };
+    let ApiJson { value: items, .. } = body;
+    let auth2 = auth.clone();
+    let (prepared, errors) = blocking(move || {
+        let mut prepared = Vec::with_capacity(items.len());
+        let mut errors = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let result = crate::http::json::parse_value::<SendRequest>(item).and_then(|r| {
+                if r.audience_id.is_some() {
+                    return Err(ApiError::validation(
+                        "A batch item cannot use 'audience_id'; send audience emails one at a time.",
+                    )
+                    .with_field("audience_id"));
+                }
+                prepare_one(&auth2, r)
+            });
+            match result {
+                Ok(p) => prepared.push(p),
+                Err(e) => errors.push(ItemError {
+                    index,
+                    code: e.code,
+                    message: e.message,
+                    field: e.field,
+                }),
+            }
+        }
+        (prepared, errors)
+    })
+    .await?;
+    if !errors.is_empty() && !permissive {
+        let n = errors.len();
+        let details = errors
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+            .collect();
+        return Err(ApiError::validation(format!(
+            "{n} item(s) of the batch are invalid, so nothing was stored. See 'details'; fix them or send the header 'x-batch-validation: permissive' to accept the valid ones."
+        ))
+        .with_details(details));
+    }
+    let record = claim.as_ref().map(|c| c.record());
+    let (statuses, bytes) = state
+        .db
+        .write(
+            move |conn| -> Result<(Vec<&'static str>, Vec<u8>), ApiError> {
+                let mut data = Vec::with_capacity(prepared.len());
+                for p in &prepared {
+                    data.push(store::insert(conn, p)?);
+                }
+                let statuses = data.iter().map(|a| a.status).collect();
+                let body = if permissive {
+                    json!({ "data": data, "errors": errors })
+                } else {
+                    json!({ "data": data })
+                };
+                let bytes = json_body(&body);
+                if let Some(record) = &record {
+                    record.save(conn, 200, &bytes)?;
+                }
+                Ok((statuses, bytes))
+            },
+        )
+        .await?;
+    drop(claim);
+    for s in statuses {
+        state.metrics.email_accepted(s);
+    }
+    state.delivery.wake();
+    Ok(json_response(StatusCode::OK, bytes))
+}
+
+#[derive(Deserialize)]
+struct GetQuery {
+    include: Option<String>,
+}
+
+/// `GET /v1/emails/:id`
+async fn get(
+    state: web::Data<AppState>,
+    auth: Authenticated,
+    path: web::Path<String>,
+    query: web::Query<GetQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let include_content = match query.include.as_deref() {
+        None | Some("") => false,
+        Some("content") => true,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "'include' may only be \"content\" (got \"{other}\")."
+            ))
+            .with_field("include"));
+        }
+    };
+    let id = path.into_inner();
+    let mode = auth.mode();
+    let id2 = id.clone();
+    let view = state
+        .db
+        .read(move |c| store::get(c, mode, &id2, include_content))
+        .await
+        .map_err(ApiError::from)?;
+    match view {
+        Some(v) => Ok(json_response(StatusCode::OK, json_body(&v))),
+        None => Err(ApiError::not_found(format!(
+            "No email with id '{id}' exists in {} mode.",
+            mode.as_str()
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    email_type: Option<String>,
+    to: Option<String>,
+    from: Option<String>,
+    tag: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+const EMAIL_STATUSES: [&str; 12] = [
+    "queued",
+    "scheduled",
+    "sending",
+    "deferred",
+    "sent",
+    "delivered",
+    "bounced",
+    "failed",
+    "suppressed",
+    "canceled",
+    "partial",
+    "complained",
+];
+
+fn parse_time_filter(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            time::parse(v).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "'{name}' must be an RFC 3339 time like \"2026-04-11T09:32:17Z\" (got \"{v}\")."
+                ))
+                .with_field(name)
+            })
+        })
+        .transpose()
+}
+
+/// `GET /v1/emails`
+async fn list(
+    state: web::Data<AppState>,
+    auth: Authenticated,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let page = PageRequest::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    if let Some(s) = q.status.as_deref().filter(|s| !EMAIL_STATUSES.contains(s)) {
+        return Err(ApiError::validation(format!(
+            "'status' must be one of {} (got \"{s}\").",
+            EMAIL_STATUSES.join(", ")
+        ))
+        .with_field("status"));
+    }
+    if let Some(t) = q
+        .email_type
+        .as_deref()
+        .filter(|t| !["transactional", "marketing"].contains(t))
+    {
+        return Err(ApiError::validation(format!(
+            "'type' must be \"transactional\" or \"marketing\" (got \"{t}\")."
+        ))
+        .with_field("type"));
+    }
+    let tag = match q.tag.as_deref() {
+        None => None,
+        Some(t) => match t.split_once(':') {
+            Some((k, v)) if !k.is_empty() => Some((k.to_string(), v.to_string())),
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "'tag' must be written key:value, like campaign:spring (got \"{t}\")."
+                ))
+                .with_field("tag"));
+            }
+        },
+    };
+    let filter = ListFilter {
+        status: q.status,
+        email_type: q.email_type,
+        to: q.to.map(|s| s.trim().to_string()),
+        from: q.from.map(|s| s.trim().to_string()),
+        tag,
+        created_after: parse_time_filter("created_after", q.created_after.as_deref())?,
+        created_before: parse_time_filter("created_before", q.created_before.as_deref())?,
+        before_id: page.before_id,
+        limit: page.limit,
+    };
+    let mode = auth.mode();
+    let limit = filter.limit;
+    let rows = state
+        .db
+        .read(move |c| store::list(c, mode, &filter))
+        .await
+        .map_err(ApiError::from)?;
+    let page = List::from_rows(rows, limit, |e| &e.id);
+    Ok(json_response(StatusCode::OK, json_body(&page)))
+}
+
+/// `POST /v1/emails/:id/cancel`
+async fn cancel(
+    state: web::Data<AppState>,
+    auth: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let mode = auth.mode();
+    let id2 = id.clone();
+    let outcome = state
+        .db
+        .write(move |c| -> Result<_, ApiError> {
+            let outcome = store::cancel(c, mode, &id2)?;
+            let view = match outcome {
+                CancelOutcome::Canceled => store::get(c, mode, &id2, false)?,
+                _ => None,
+            };
+            Ok((outcome, view))
+        })
+        .await?;
+    match outcome {
+        (CancelOutcome::Canceled, Some(view)) => {
+            Ok(json_response(StatusCode::OK, json_body(&view)))
+        }
+        (CancelOutcome::NotScheduled(status), _) => Err(ApiError::conflict(format!(
+            "Only a scheduled email can be canceled; this one is {status}."
+        ))),
+        _ => Err(ApiError::not_found(format!(
+            "No email with id '{id}' exists in {} mode.",
+            mode.as_str()
+        ))),
+    }
+}

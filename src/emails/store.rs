@@ -1,0 +1,493 @@
+//! SQL of the emails capability: storing accepted emails with their recipients and first
+//! events, reading them back, listing with filters, canceling, and the email status that
+//! follows from its recipients' statuses.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::request::{EmailDraft, EmailType};
+use crate::events::{self, EventView, NewEvent};
+use crate::keys::Mode;
+use crate::store::{StoreError, time};
+use crate::suppressions;
+
+/// Recipient statuses after which nothing more happens.
+pub const FINAL_STATUSES: [&str; 6] = [
+    "sent",
+    "delivered",
+    "bounced",
+    "failed",
+    "suppressed",
+    "canceled",
+];
+
+/// An email ready to store: checked, built, with its id.
+pub struct PreparedEmail {
+    pub id: String,
+    pub mode: Mode,
+    pub draft: EmailDraft,
+    pub raw: Vec<u8>,
+    pub message_id: String,
+    pub envelope_from: String,
+    pub created_at: i64,
+    pub api_key_id: String,
+}
+
+/// What the API answers for an accepted email.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub id: String,
+    pub status: &'static str,
+    pub queued_at: String,
+}
+
+fn to_json(list: &[crate::address::Mailbox]) -> String {
+    Value::Array(list.iter().map(|m| Value::String(m.display())).collect()).to_string()
+}
+
+/// Stores one email, its recipients (each checked against the suppression list) and its
+/// first events, in the caller's transaction.
+pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreError> {
+    let d = &e.draft;
+    let marketing = d.email_type == EmailType::Marketing;
+    let initial = if d.scheduled_at.is_some() {
+        "scheduled"
+    } else {
+        "queued"
+    };
+    let due = d.scheduled_at.unwrap_or(e.created_at);
+    let mut seen = HashSet::new();
+    let mut rows = Vec::new();
+    let mut suppressed = Vec::new();
+    for (kind, mailbox) in d.recipients() {
+        let address = mailbox.address.to_string();
+        let lower = address.to_lowercase();
+        if !seen.insert(lower.clone()) {
+            continue;
+        }
+        let reason = suppressions::blocking_reason(conn, e.mode, &lower, marketing)?;
+        let status = if reason.is_some() {
+            "suppressed"
+        } else {
+            initial
+        };
+        if let Some(reason) = reason {
+            suppressed.push((address.clone(), reason));
+        }
+        rows.push((address, lower, mailbox.address.domain(), kind, status));
+    }
+    let statuses: Vec<&str> = rows.iter().map(|r| r.4).collect();
+    let status = derive_status(statuses.iter().map(|s| (*s, 1)));
+    conn.prepare_cached(
+        "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
+            subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json, html, text,
+            raw, message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
+            scheduled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19, ?20, ?21, ?22, ?23, ?24)",
+    )?
+    .execute(params![
+        e.id,
+        e.mode.as_str(),
+        d.email_type.as_str(),
+        status,
+        d.from.display(),
+        d.from.address.to_string().to_lowercase(),
+        e.envelope_from,
+        d.subject,
+        to_json(&d.to),
+        to_json(&d.cc),
+        to_json(&d.bcc),
+        to_json(&d.reply_to),
+        serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()),
+        serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
+        d.html,
+        d.text,
+        e.raw,
+        e.message_id,
+        d.track_opens,
+        d.track_clicks,
+        e.api_key_id,
+        e.created_at,
+        e.created_at,
+        d.scheduled_at
+    ])?;
+    let mut insert_rcpt = conn.prepare_cached(
+        "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
+                                 next_attempt_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for (address, lower, domain, kind, status) in &rows {
+        insert_rcpt.execute(params![
+            e.id,
+            e.mode.as_str(),
+            address,
+            lower,
+            domain,
+            kind,
+            status,
+            (*status != "suppressed").then_some(due),
+            e.created_at
+        ])?;
+    }
+    let first = if d.scheduled_at.is_some() {
+        events::email::SCHEDULED
+    } else {
+        events::email::QUEUED
+    };
+    events::record(conn, e.mode, &NewEvent::email(first, &e.id))?;
+    for (address, reason) in &suppressed {
+        let detail = format!(
+            "The address is on the suppression list ({}).",
+            reason.as_str()
+        );
+        events::record(
+            conn,
+            e.mode,
+            &NewEvent::email(events::email::SUPPRESSED, &e.id)
+                .recipient(address)
+                .detail(&detail),
+        )?;
+    }
+    Ok(Accepted {
+        id: e.id.clone(),
+        status,
+        queued_at: time::format(e.created_at),
+    })
+}
+
+/// The email's status from its recipients' `(status, count)`: their common status;
+/// `scheduled` or `queued` while all unfinished ones wait that way; `sending` while any is
+/// on its way; `partial` when the finished ones differ.
+pub fn derive_status<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> &'static str {
+    let mut present: Vec<&str> = Vec::new();
+    for (status, n) in counts {
+        if n > 0 && !present.contains(&status) {
+            present.push(status);
+        }
+    }
+    let canonical = |s: &str| -> &'static str {
+        match s {
+            "queued" => "queued",
+            "scheduled" => "scheduled",
+            "sending" => "sending",
+            "deferred" => "deferred",
+            "sent" => "sent",
+            "delivered" => "delivered",
+            "bounced" => "bounced",
+            "failed" => "failed",
+            "suppressed" => "suppressed",
+            "canceled" => "canceled",
+            _ => "sending",
+        }
+    };
+    match present.as_slice() {
+        [] => "queued",
+        [one] => canonical(one),
+        many => {
+            let unfinished: Vec<&str> = many
+                .iter()
+                .copied()
+                .filter(|s| !FINAL_STATUSES.contains(s))
+                .collect();
+            let finished_other_than_suppressed = many
+                .iter()
+                .any(|s| FINAL_STATUSES.contains(s) && *s != "suppressed");
+            if unfinished.is_empty() {
+                "partial"
+            } else if !finished_other_than_suppressed
+                && unfinished.iter().all(|s| *s == "scheduled")
+            {
+                "scheduled"
+            } else if !finished_other_than_suppressed && unfinished.iter().all(|s| *s == "queued") {
+                "queued"
+            } else {
+                "sending"
+            }
+        }
+    }
+}
+
+/// Recomputes and stores the status of `email_id` from its recipients.
+pub fn refresh_status(conn: &Connection, email_id: &str) -> Result<&'static str, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, count(*) FROM recipients WHERE email_id = ?1 GROUP BY status",
+    )?;
+    let counts: Vec<(String, u64)> = stmt
+        .query_map([email_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    let status = derive_status(counts.iter().map(|(s, n)| (s.as_str(), *n)));
+    conn.prepare_cached("UPDATE emails SET status = ?2 WHERE id = ?1 AND status != ?2")?
+        .execute(params![email_id, status])?;
+    Ok(status)
+}
+
+/// One recipient as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipientView {
+    pub email: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_response: Option<String>,
+}
+
+/// The email object of `GET /v1/emails/:id` and of list items.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmailView {
+    pub id: String,
+    pub object: &'static str,
+    pub status: String,
+    #[serde(rename = "type")]
+    pub email_type: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Vec<String>,
+    pub subject: String,
+    pub tags: BTreeMap<String, String>,
+    pub message_id: String,
+    pub created_at: String,
+    pub queued_at: Option<String>,
+    pub scheduled_at: Option<String>,
+    pub recipients: Vec<RecipientView>,
+    pub recipient_counts: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+const EMAIL_COLUMNS: &str =
+    "id, status, type, from_header, to_json, cc_json, bcc_json, reply_to_json,
+    subject, tags_json, message_id, created_at, queued_at, scheduled_at";
+
+fn strings(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailView> {
+    let tags: String = r.get(9)?;
+    Ok(EmailView {
+        id: r.get(0)?,
+        object: "email",
+        status: r.get(1)?,
+        email_type: r.get(2)?,
+        from: r.get(3)?,
+        to: strings(&r.get::<_, String>(4)?),
+        cc: strings(&r.get::<_, String>(5)?),
+        bcc: strings(&r.get::<_, String>(6)?),
+        reply_to: strings(&r.get::<_, String>(7)?),
+        subject: r.get(8)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        message_id: format!("<{}>", r.get::<_, String>(10)?),
+        created_at: time::format(r.get(11)?),
+        queued_at: r.get::<_, Option<i64>>(12)?.map(time::format),
+        scheduled_at: r.get::<_, Option<i64>>(13)?.map(time::format),
+        recipients: Vec::new(),
+        recipient_counts: BTreeMap::new(),
+        events: None,
+        html: None,
+        text: None,
+        raw: None,
+    })
+}
+
+/// Fills `recipients` and `recipient_counts` of several emails with one query.
+fn attach_recipients(conn: &Connection, views: &mut [EmailView]) -> Result<(), StoreError> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    let index: HashMap<String, usize> = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id.clone(), i))
+        .collect();
+    let placeholders = vec!["?"; views.len()].join(",");
+    let sql = format!(
+        "SELECT email_id, address, status, attempts, last_response FROM recipients
+         WHERE email_id IN ({placeholders}) ORDER BY id"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let ids: Vec<&dyn ToSql> = views.iter().map(|v| &v.id as &dyn ToSql).collect();
+    let mut rows = stmt.query(ids.as_slice())?;
+    while let Some(r) = rows.next()? {
+        let email_id: String = r.get(0)?;
+        let Some(&i) = index.get(&email_id) else {
+            continue;
+        };
+        let rv = RecipientView {
+            email: r.get(1)?,
+            status: r.get(2)?,
+            attempts: r.get(3)?,
+            last_response: r.get(4)?,
+        };
+        *views[i]
+            .recipient_counts
+            .entry(rv.status.clone())
+            .or_insert(0) += 1;
+        views[i].recipients.push(rv);
+    }
+    Ok(())
+}
+
+/// One email of `mode`, with events; with content when asked.
+pub fn get(
+    conn: &Connection,
+    mode: Mode,
+    id: &str,
+    include_content: bool,
+) -> Result<Option<EmailView>, StoreError> {
+    let sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE id = ?1 AND mode = ?2");
+    let Some(mut view) = conn
+        .query_row(&sql, params![id, mode.as_str()], view_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    attach_recipients(conn, std::slice::from_mut(&mut view))?;
+    view.events = Some(events::for_email(conn, id)?);
+    if include_content {
+        let (html, text, raw): (Option<String>, Option<String>, Option<Vec<u8>>) = conn.query_row(
+            "SELECT html, text, raw FROM emails WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        view.html = Some(html);
+        view.text = Some(text);
+        view.raw = Some(String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned());
+    }
+    Ok(Some(view))
+}
+
+/// Filters of `GET /v1/emails`, checked.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<String>,
+    pub email_type: Option<String>,
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub tag: Option<(String, String)>,
+    pub created_after: Option<i64>,
+    pub created_before: Option<i64>,
+    pub before_id: Option<String>,
+    pub limit: usize,
+}
+
+/// A page of emails, newest first; fetches `limit + 1` rows so the caller knows `has_more`.
+pub fn list(conn: &Connection, mode: Mode, f: &ListFilter) -> Result<Vec<EmailView>, StoreError> {
+    let mut sql = format!("SELECT {EMAIL_COLUMNS} FROM emails e WHERE mode = ?");
+    let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(mode.as_str())];
+    if let Some(s) = &f.status {
+        sql.push_str(" AND status = ?");
+        args.push(Box::new(s.clone()));
+    }
+    if let Some(t) = &f.email_type {
+        sql.push_str(" AND type = ?");
+        args.push(Box::new(t.clone()));
+    }
+    if let Some(to) = &f.to {
+        sql.push_str(
+            " AND id IN (SELECT email_id FROM recipients WHERE mode = e.mode AND address_lower = ?)",
+        );
+        args.push(Box::new(to.to_lowercase()));
+    }
+    if let Some(from) = &f.from {
+        sql.push_str(" AND from_address = ?");
+        args.push(Box::new(from.to_lowercase()));
+    }
+    if let Some((k, v)) = &f.tag {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM json_each(e.tags_json) WHERE key = ? AND value = ?)",
+        );
+        args.push(Box::new(k.clone()));
+        args.push(Box::new(v.clone()));
+    }
+    if let Some(t) = f.created_after {
+        sql.push_str(" AND created_at > ?");
+        args.push(Box::new(t));
+    }
+    if let Some(t) = f.created_before {
+        sql.push_str(" AND created_at < ?");
+        args.push(Box::new(t));
+    }
+    if let Some(id) = &f.before_id {
+        sql.push_str(" AND id < ?");
+        args.push(Box::new(id.clone()));
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push(Box::new((f.limit + 1) as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+    let mut views = stmt
+        .query_map(refs.as_slice(), view_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_recipients(conn, &mut views)?;
+    Ok(views)
+}
+
+/// What canceling found.
+pub enum CancelOutcome {
+    Canceled,
+    NotFound,
+    NotScheduled(String),
+}
+
+/// Cancels a scheduled email: its waiting recipients become `canceled`.
+pub fn cancel(conn: &Connection, mode: Mode, id: &str) -> Result<CancelOutcome, StoreError> {
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM emails WHERE id = ?1 AND mode = ?2",
+            params![id, mode.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match status.as_deref() {
+        None => return Ok(CancelOutcome::NotFound),
+        Some("scheduled") => {}
+        Some(other) => return Ok(CancelOutcome::NotScheduled(other.to_string())),
+    }
+    conn.execute(
+        "UPDATE recipients SET status = 'canceled', next_attempt_at = NULL, updated_at = ?2
+         WHERE email_id = ?1 AND status = 'scheduled'",
+        params![id, time::now()],
+    )?;
+    refresh_status(conn, id)?;
+    events::record(conn, mode, &NewEvent::email(events::email::CANCELED, id))?;
+    Ok(CancelOutcome::Canceled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derive_status;
+
+    #[test]
+    fn email_status_from_recipients() {
+        assert_eq!(derive_status([("delivered", 2)].into_iter()), "delivered");
+        assert_eq!(
+            derive_status([("delivered", 1), ("queued", 1)].into_iter()),
+            "sending"
+        );
+        assert_eq!(
+            derive_status([("delivered", 1), ("bounced", 1)].into_iter()),
+            "partial"
+        );
+        assert_eq!(
+            derive_status([("queued", 1), ("suppressed", 1)].into_iter()),
+            "queued"
+        );
+        assert_eq!(
+            derive_status([("scheduled", 2), ("suppressed", 1)].into_iter()),
+            "scheduled"
+        );
+        assert_eq!(derive_status([("deferred", 1)].into_iter()), "deferred");
+        assert_eq!(derive_status([("suppressed", 3)].into_iter()), "suppressed");
+    }
+}

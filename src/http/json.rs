@@ -1,0 +1,209 @@
+//! `ApiJson<T>`: the JSON body extractor of the API. It checks the content type (415), the
+//! size (413, from `server.max_body_bytes`), the syntax (400 `invalid_json`) and the shape
+//! (422 `validation_error` naming the field, for unknown fields and wrong types). It keeps the
+//! raw bytes, which idempotency hashes.
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A parsed JSON body and the bytes it came from.
+pub struct ApiJson<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<T> std::ops::Deref for ApiJson<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Checks the `Content-Type`: JSON (`application/json`, `*/*+json`) or absent.
+pub fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(value) = req.headers().get(actix_web::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || mime.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "The body must be JSON: send 'Content-Type: application/json' (got '{}').",
+                value.to_str().unwrap_or("?")
+            ),
+        ))
+    }
+}
+
+/// Parses `bytes` as `T`, mapping serde's errors to the API's envelope.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::invalid_json(
+            "The request body is empty; send a JSON document.",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(de).map_err(describe)?;
+    Ok(value)
+}
+
+/// Parses an already-decoded JSON value as `T` (batch items), with the same errors as
+/// [`parse`].
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(describe)
+}
+
+fn describe(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ApiError::invalid_json(format!(
+                "The request body is not valid JSON: {inner}. Check quotes, commas and brackets."
+            ))
+        }
+        serde_json::error::Category::Io => {
+            ApiError::invalid_json("The request body could not be read.")
+        }
+        serde_json::error::Category::Data => {
+            let text = strip_position(&inner.to_string());
+            // serde reports an unknown field at its parent; name the field itself.
+            if let Some(field) = between(&text, "unknown field `", "`") {
+                let field_path = join_path(&path, field);
+                let allowed = text
+                    .split_once("expected ")
+                    .map(|(_, rest)| format!(" Allowed here: {}.", rest.replace('`', "'")))
+                    .unwrap_or_default();
+                return ApiError::validation(format!("Unknown field '{field_path}'.{allowed}"))
+                    .with_field(field_path);
+            }
+            if let Some(field) = between(&text, "missing field `", "`") {
+                let field_path = join_path(&path, field);
+                return ApiError::validation(format!("The field '{field_path}' is required."))
+                    .with_field(field_path);
+            }
+            let shown = if path == "." || path.is_empty() {
+                "The request body".to_string()
+            } else {
+                format!("The field '{path}'")
+            };
+            let mut e = ApiError::validation(format!(
+                "{shown} has the wrong type or value: {}.",
+                text.replace('`', "'")
+            ));
+            if path != "." && !path.is_empty() {
+                e = e.with_field(path);
+            }
+            e
+        }
+    }
+}
+
+fn join_path(parent: &str, field: &str) -> String {
+    if parent.is_empty() || parent == "." {
+        field.to_string()
+    } else if parent.ends_with(field) {
+        parent.to_string()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = s.find(start)? + start.len();
+    let len = s[from..].find(end)?;
+    Some(&s[from..from + len])
+}
+
+/// serde_json appends " at line 1 column 20"; the field path says more to a client.
+fn strip_position(s: &str) -> String {
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let checked = check_content_type(req);
+        let body = Bytes::from_request(req, payload);
+        Box::pin(async move {
+            checked?;
+            let raw = body.await.map_err(payload_error)?;
+            let value = parse(&raw)?;
+            Ok(ApiJson { value, raw })
+        })
+    }
+}
+
+/// Maps a failure to read the body to 413 or 400.
+pub fn payload_error(err: actix_web::Error) -> ApiError {
+    let status = err.as_response_error().status_code();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The request body is larger than the server accepts (server.max_body_bytes). Send less data per request.",
+        )
+    } else {
+        ApiError::invalid_json(format!("The request body could not be read: {err}."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        content: String,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        subject: Option<String>,
+        attachments: Option<Vec<Inner>>,
+    }
+
+    #[test]
+    fn errors_name_fields() {
+        let e = parse::<Outer>(br#"{"subjekt": "x"}"#).unwrap_err();
+        assert_eq!(e.code, "validation_error");
+        assert_eq!(e.field.as_deref(), Some("subjekt"));
+        let e = parse::<Outer>(br#"{"subject": 5}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("subject"));
+        let e = parse::<Outer>(br#"{"attachments": [{"content": 1}]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("attachments[0].content"));
+        let e = parse::<Outer>(br#"{"attachments": [{"contnt": "a"}]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("attachments[0].contnt"));
+        let e = parse::<Outer>(b"{nope").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse::<Outer>(b"").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+    }
+}

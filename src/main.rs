@@ -1,0 +1,290 @@
+//! The `mailsflux` command line (API.md, "Command line and configuration").
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (naming the setting), 1 other
+//! failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mailsflux::keys::{self, Mode, Permission};
+use mailsflux::store::{Db, StoreError, time};
+use mailsflux::{Application, Config};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "mailsflux",
+    version,
+    about = "Self-hosted email and physical-mail API: one binary, one SQLite file.",
+    long_about = "Self-hosted email and physical-mail API: one binary, one SQLite file.\n\n\
+        Settings come from ./mailsflux.toml (or --config FILE) and MAILSFLUX_<SECTION>__<KEY> \
+        environment variables; every setting has a default that works on a laptop."
+)]
+struct Cli {
+    /// Configuration file (default: ./mailsflux.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API, the dashboard and the background workers.
+    Serve,
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints the key alone on standard output (shown once).
+    Create(CreateKey),
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by its id (key_...); it stops working within 5 seconds.
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        key_id: String,
+    },
+}
+
+#[derive(Args)]
+struct CreateKey {
+    /// A name to tell the key apart (e.g. "ci", "production app").
+    #[arg(long)]
+    name: String,
+    #[arg(long, value_enum, default_value = "test")]
+    mode: ModeArg,
+    #[arg(long, value_enum, default_value = "full_access")]
+    permission: PermissionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Live,
+    Test,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum PermissionArg {
+    FullAccess,
+    SendingAccess,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mailsflux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Migrate => with_db(&config, |db| {
+            eprintln!(
+                "mailsflux: the database {} is up to date",
+                db.path().display()
+            );
+            Ok(())
+        }),
+        Command::Keys(cmd) => keys_command(&config, cmd),
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("MAILSFLUX_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Opens the database (migrating it) for a one-shot command.
+fn with_db(config: &Config, f: impl FnOnce(&Db) -> Result<(), StoreError>) -> ExitCode {
+    let db = match Db::open(&config.database) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!(
+                "mailsflux: cannot open the database {}: {e}",
+                config.database.path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let result = f(&db);
+    db.close();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailsflux: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn keys_command(config: &Config, cmd: KeysCommand) -> ExitCode {
+    match cmd {
+        KeysCommand::Create(args) => {
+            let mode = match args.mode {
+                ModeArg::Live => Mode::Live,
+                ModeArg::Test => Mode::Test,
+            };
+            let permission = match args.permission {
+                PermissionArg::FullAccess => Permission::FullAccess,
+                PermissionArg::SendingAccess => Permission::SendingAccess,
+            };
+            if args.name.trim().is_empty() {
+                eprintln!("mailsflux: --name must not be empty");
+                return ExitCode::from(2);
+            }
+            with_db(config, |db| {
+                let name = args.name.clone();
+                let (key, token) =
+                    db.write_blocking(move |c| keys::create(c, &name, mode, permission))?;
+                eprintln!(
+                    "mailsflux: created {} key {} ({}, {}); it is shown once, store it now",
+                    key.mode.as_str(),
+                    key.id,
+                    key.name,
+                    key.permission.as_str()
+                );
+                println!("{token}");
+                Ok(())
+            })
+        }
+        KeysCommand::List => with_db(config, |db| {
+            let conn = db.read_blocking()?;
+            let list = keys::list(&conn)?;
+            println!(
+                "{:<32} {:<5} {:<15} {:<21} {:<9} NAME",
+                "ID", "MODE", "PERMISSION", "CREATED", "STATUS"
+            );
+            for k in list {
+                println!(
+                    "{:<32} {:<5} {:<15} {:<21} {:<9} {}",
+                    k.id,
+                    k.mode.as_str(),
+                    k.permission.as_str(),
+                    time::format(k.created_at),
+                    if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    k.name
+                );
+            }
+            Ok(())
+        }),
+        KeysCommand::Revoke { key_id } => {
+            let db = match Db::open(&config.database) {
+                Ok(db) => db,
+                Err(e) => {
+                    eprintln!("mailsflux: cannot open the database: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let id = key_id.clone();
+            let revoked = db.write_blocking(move |c| keys::revoke(c, &id));
+            db.close();
+            match revoked {
+                Ok(true) => {
+                    eprintln!("mailsflux: revoked {key_id}; it stops working within 5 seconds");
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!(
+                        "mailsflux: no active key with id {key_id} (see `mailsflux keys list`)"
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("mailsflux: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailsflux: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listen = config.server.listen;
+        let public_url = config.server.public_url.clone();
+        let app = match Application::build(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("mailsflux: {e}");
+                return ExitCode::from(e.exit_code() as u8);
+            }
+        };
+        if let Some(first) = app.first_key() {
+            println!(
+                "\nmailsflux: this is a new database, so a test-mode API key was created.\n\
+                 It is shown only this once; store it now:\n\n    {token}\n\n\
+                 Send a test email (test mode captures it; nothing leaves this machine):\n\n    \
+                 curl -X POST {public_url}/v1/emails/send \\\n      \
+                 -H 'Authorization: Bearer {token}' \\\n      \
+                 -H 'Content-Type: application/json' \\\n      \
+                 -d '{{\"from\":\"Acme <hello@acme.test>\",\"to\":\"delivered@test.mailsflux\",\"subject\":\"Hello\",\"text\":\"It works\"}}'\n",
+                token = first.token
+            );
+        }
+        tracing::info!(%listen, port = app.port(), version = env!("CARGO_PKG_VERSION"), "mailsflux is serving");
+        let handle = app.server_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: finishing requests and deliveries under way");
+            handle.stop(true).await;
+        });
+        match app.run_until_stopped().await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mailsflux: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

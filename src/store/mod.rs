@@ -1,0 +1,220 @@
+//! The database: one SQLite file in WAL mode.
+//!
+//! Reads go through a small pool of connections on blocking threads ([`Db::read`]). Writes go
+//! through one writer thread ([`Db::write`]) that takes every job waiting in its queue, runs
+//! them in one transaction (each inside its own savepoint, so one failing job does not undo
+//! the others), commits once and only then answers each caller. That is group commit: with
+//! `synchronous = full` one fsync covers many requests, and an answer always means "on disk".
+
+pub mod ids;
+pub mod time;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+
+use crate::config::{DatabaseConfig, Synchronous};
+pub use writer::Writer;
+
+/// The schema, embedded: `schema.sql` at the top of the repository.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Errors of the storage layer. Routes map them to `503 storage_unavailable` or
+/// `500 internal_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database pool error: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("a database task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// True when the database is busy, locked or out of space: worth a 503, not a 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::SystemIoFailure
+            ),
+            StoreError::Pool(_) | StoreError::WriterGone => true,
+            _ => false,
+        }
+    }
+}
+
+/// Shared handle to the database: cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    writer: Writer,
+    path: Arc<PathBuf>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database, applies pending migrations and starts the
+    /// writer thread.
+    pub fn open(config: &DatabaseConfig) -> Result<Db, StoreError> {
+        let path = config.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Task(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let mut conn = open_connection(&path, config.synchronous)?;
+        migrate(&mut conn)?;
+        let sync = config.synchronous;
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(move |c| configure(c, sync));
+        let readers = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .build(manager)?;
+        let writer = Writer::start(conn);
+        Ok(Db {
+            readers,
+            writer,
+            path: Arc::new(path),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with a read connection on a blocking thread.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(StoreError::from)?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Task(e.to_string())))?
+    }
+
+    /// Runs `f` inside the writer's transaction; returns once the transaction is committed.
+    /// An `Err` from `f` undoes only `f`'s own changes.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.run(f).await
+    }
+
+    /// A read connection for synchronous callers (the CLI, blocking workers).
+    pub fn read_blocking(
+        &self,
+    ) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
+        Ok(self.readers.get()?)
+    }
+
+    /// Runs `f` in the writer's transaction from a blocking thread.
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.run_blocking(f)
+    }
+
+    /// Stops the writer after the jobs already queued.
+    pub fn close(&self) {
+        self.writer.stop();
+    }
+}
+
+/// Opens a connection with the pragmas every connection uses.
+pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn, sync)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, sync: Synchronous) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    Ok(())
+}
+
+/// The migration steps of `schema.sql`, split at its `-- migration: N` markers.
+fn migration_steps() -> Vec<&'static str> {
+    let mut steps = Vec::new();
+    let mut rest = SCHEMA;
+    let marker = "-- migration:";
+    // Skip the header before the first marker.
+    if let Some(pos) = rest.find(marker) {
+        rest = &rest[pos..];
+    }
+    while !rest.is_empty() {
+        let body_start = rest.find('\n').map(|i| i + 1).unwrap_or(rest.len());
+        let body = &rest[body_start..];
+        let end = body.find(marker).unwrap_or(body.len());
+        steps.push(&body[..end]);
+        rest = &body[end..];
+    }
+    steps
+}
+
+/// Brings the schema to the latest version (idempotent).
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let migrations = Migrations::new(migration_steps().into_iter().map(M::up).collect());
+    migrations.to_latest(conn)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_applies_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert!(!migration_steps().is_empty());
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'emails'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
