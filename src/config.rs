@@ -393,6 +393,29 @@ impl Config {
     /// Loads defaults, then the file (an explicit `--config` must exist; `./mailsflux.toml` is
     /// read when present), then the environment, and checks every value.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = Self::figment(file)?
+            .extract()
+            .map_err(describe_figment_error)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Only the `[database]` section, for the one-shot commands (`keys`, `migrate`): a bad
+    /// setting elsewhere stops `serve`, not the commands that never use it.
+    pub fn load_database(file: Option<&Path>) -> Result<DatabaseConfig, ConfigError> {
+        let database: DatabaseConfig = Self::figment(file)?
+            .extract_inner("database")
+            .map_err(describe_figment_error)?;
+        if database.path.as_os_str().is_empty() {
+            return Err(ConfigError(format!(
+                "invalid setting 'database.path' ({}): must not be empty",
+                env_name("database.path")
+            )));
+        }
+        Ok(database)
+    }
+
+    fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => {
@@ -415,10 +438,7 @@ impl Config {
         let env = Env::prefixed(ENV_PREFIX)
             .filter(|key| key.as_str().contains("__"))
             .split("__");
-        figment = figment.merge(env);
-        let config: Config = figment.extract().map_err(describe_figment_error)?;
-        config.check()?;
-        Ok(config)
+        Ok(figment.merge(env))
     }
 
     /// Rules that types alone cannot say.

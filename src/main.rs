@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mailsflux::keys::{self, Mode, Permission};
 use mailsflux::store::{Db, StoreError, time};
+use mailsflux::config::DatabaseConfig;
 use mailsflux::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -80,23 +81,35 @@ enum PermissionArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
+    let command = match cli.command {
+        Command::Serve => {
+            return match Config::load(cli.config.as_deref()) {
+                Ok(config) => serve(config),
+                Err(e) => {
+                    eprintln!("mailsflux: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        other => other,
+    };
+    // The one-shot commands only read [database]: a bad setting elsewhere stops `serve`.
+    let database = match Config::load_database(cli.config.as_deref()) {
+        Ok(d) => d,
         Err(e) => {
             eprintln!("mailsflux: {e}");
             return ExitCode::from(2);
         }
     };
-    match cli.command {
-        Command::Serve => serve(config),
-        Command::Migrate => with_db(&config, |db| {
+    match command {
+        Command::Serve | Command::Migrate => with_db(&database, |db| {
             eprintln!(
                 "mailsflux: the database {} is up to date",
                 db.path().display()
             );
             Ok(())
         }),
-        Command::Keys(cmd) => keys_command(&config, cmd),
+        Command::Keys(cmd) => keys_command(&database, cmd),
     }
 }
 
@@ -114,13 +127,13 @@ fn init_logging() {
 }
 
 /// Opens the database (migrating it) for a one-shot command.
-fn with_db(config: &Config, f: impl FnOnce(&Db) -> Result<(), StoreError>) -> ExitCode {
-    let db = match Db::open(&config.database) {
+fn with_db(config: &DatabaseConfig, f: impl FnOnce(&Db) -> Result<(), StoreError>) -> ExitCode {
+    let db = match Db::open(config) {
         Ok(db) => db,
         Err(e) => {
             eprintln!(
                 "mailsflux: cannot open the database {}: {e}",
-                config.database.path.display()
+                config.path.display()
             );
             return ExitCode::from(1);
         }
@@ -136,7 +149,7 @@ fn with_db(config: &Config, f: impl FnOnce(&Db) -> Result<(), StoreError>) -> Ex
     }
 }
 
-fn keys_command(config: &Config, cmd: KeysCommand) -> ExitCode {
+fn keys_command(config: &DatabaseConfig, cmd: KeysCommand) -> ExitCode {
     match cmd {
         KeysCommand::Create(args) => {
             let mode = match args.mode {
@@ -191,7 +204,7 @@ fn keys_command(config: &Config, cmd: KeysCommand) -> ExitCode {
             Ok(())
         }),
         KeysCommand::Revoke { key_id } => {
-            let db = match Db::open(&config.database) {
+            let db = match Db::open(config) {
                 Ok(db) => db,
                 Err(e) => {
                     eprintln!("mailsflux: cannot open the database: {e}");
