@@ -13,6 +13,7 @@ pub mod keys;
 pub mod ops;
 pub mod store;
 pub mod suppressions;
+pub mod templates;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -156,6 +157,8 @@ impl Application {
     /// Opens the database (migrating it), binds `server.listen` (port 0 picks a free one),
     /// and starts the HTTP server and the workers. Call from inside a Tokio runtime.
     pub async fn build(config: Config) -> Result<Application, StartError> {
+        // TLS for SMTP and HTTPS clients uses ring; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Arc::new(config);
         let lock = InstanceLock::acquire(&config.database.path)?;
         let db_config = config.database.clone();

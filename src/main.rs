@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mailsflux::config::DatabaseConfig;
 use mailsflux::keys::{self, Mode, Permission};
 use mailsflux::store::{Db, StoreError, time};
-use mailsflux::config::DatabaseConfig;
 use mailsflux::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
