@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod emails;
 pub mod events;
@@ -135,11 +136,13 @@ pub struct FirstKey {
 /// Every route of the app. Public routes first; everything under `/v1` requires a key. Routes
 /// under `/v1` are registered through utoipa-actix-web, so each one is in the OpenAPI document.
 pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.configure(ops::routes).service(
-        utoipa_actix_web::scope("/v1")
-            .wrap(from_fn(http::auth::require_api_key))
-            .configure(emails::routes::routes),
-    );
+    cfg.configure(ops::routes)
+        .configure(dashboard::routes)
+        .service(
+            utoipa_actix_web::scope("/v1")
+                .wrap(from_fn(http::auth::require_api_key))
+                .configure(emails::routes::routes),
+        );
 }
 
 /// A running server and its workers.
