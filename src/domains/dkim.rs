@@ -114,7 +114,9 @@ impl DomainKey {
     pub fn sign(&self, raw: &[u8], domain: &str, selector: &str) -> Result<Vec<u8>, DkimError> {
         let present = present_headers(raw);
         if present.is_empty() {
-            return Err(DkimError::Sign("the message has none of the signed headers".into()));
+            return Err(DkimError::Sign(
+                "the message has none of the signed headers".into(),
+            ));
         }
         let signature = DkimSigner::from_key(SharedKey(self.key.clone()))
             .domain(domain)
@@ -212,8 +214,16 @@ mod tests {
         let raw = b"From: a@acme.test\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello\r\n";
         let signed = key.sign(raw, "acme.test", "mf").unwrap();
         let text = String::from_utf8(signed).unwrap();
-        assert!(text.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=mf; d=acme.test; c=relaxed/relaxed;"), "{text}");
-        assert!(text.contains("h=From:To:Subject") || text.contains("h=Subject:To:From"), "{text}");
+        assert!(
+            text.starts_with(
+                "DKIM-Signature: v=1; a=rsa-sha256; s=mf; d=acme.test; c=relaxed/relaxed;"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("h=From:To:Subject") || text.contains("h=Subject:To:From"),
+            "{text}"
+        );
         assert!(text.ends_with("\r\n\r\nHello\r\n"));
         assert!(DomainKey::from_pkcs1_der(b"not a key").is_err());
     }

@@ -286,7 +286,10 @@ pub fn dmarc_valid(found: &[String]) -> bool {
     let records: Vec<Vec<(String, String)>> = found
         .iter()
         .filter_map(|r| tag_list(r))
-        .filter(|tags| tags.first().is_some_and(|(n, v)| n == "v" && v.eq_ignore_ascii_case("DMARC1")))
+        .filter(|tags| {
+            tags.first()
+                .is_some_and(|(n, v)| n == "v" && v.eq_ignore_ascii_case("DMARC1"))
+        })
         .collect();
     records.len() == 1
         && tag(&records[0], "p").is_some_and(|p| {
@@ -305,11 +308,20 @@ mod tests {
         let key = "MIIBIjANBgkq+/AB==";
         assert!(dkim_matches("v=DKIM1; k=rsa; p=MIIBIjANBgkq+/AB==", key));
         assert!(dkim_matches("p=MIIBIjANBgkq+/AB==;k=rsa;v=DKIM1;", key));
-        assert!(dkim_matches(" k = rsa ;\tp=MIIBIj ANBgkq +/AB== ; t=s; n=hello world", key));
+        assert!(dkim_matches(
+            " k = rsa ;\tp=MIIBIj ANBgkq +/AB== ; t=s; n=hello world",
+            key
+        ));
         assert!(dkim_matches("p=MIIBIjANBgkq+/AB==", key));
-        assert!(dkim_matches("v=DKIM1; h=sha1:sha256; p=MIIBIjANBgkq+/AB==", key));
+        assert!(dkim_matches(
+            "v=DKIM1; h=sha1:sha256; p=MIIBIjANBgkq+/AB==",
+            key
+        ));
         assert!(!dkim_matches("v=DKIM1; k=rsa; p=MIIBIjANBgkq+/AC==", key));
-        assert!(!dkim_matches("v=DKIM1; k=ed25519; p=MIIBIjANBgkq+/AB==", key));
+        assert!(!dkim_matches(
+            "v=DKIM1; k=ed25519; p=MIIBIjANBgkq+/AB==",
+            key
+        ));
         assert!(!dkim_matches("v=DKIM1; h=sha1; p=MIIBIjANBgkq+/AB==", key));
         assert!(!dkim_matches("v=DKIM1; p=MIIBIjANBgkq+/AB==; p=other", key));
         assert!(!dkim_matches("v=DKIM1; k=rsa; p=", key));
@@ -325,11 +337,17 @@ mod tests {
             "v=spf1 include:_spf.google.com a:mail.example.net mx -all",
             expected
         ));
-        assert!(!spf_matches("v=spf1 include:_spf.google.com ~all", expected));
+        assert!(!spf_matches(
+            "v=spf1 include:_spf.google.com ~all",
+            expected
+        ));
         assert!(!spf_matches("v=spf1 ~a:mail.example.net ~all", expected));
         assert!(!spf_matches("v=spf1 -all a:mail.example.net", expected));
         assert!(!spf_matches("v=spf10 a:mail.example.net", expected));
-        assert!(spf_matches("v=spf1 ip4:192.0.2.1 -all", "v=spf1 ip4:192.0.2.1 ~all"));
+        assert!(spf_matches(
+            "v=spf1 ip4:192.0.2.1 -all",
+            "v=spf1 ip4:192.0.2.1 ~all"
+        ));
         assert!(spf_matches("v=spf1 mx -all", "v=spf1 ~all"));
     }
 
@@ -337,8 +355,14 @@ mod tests {
     fn dmarc_needs_one_policy_record() {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(dmarc_valid(&r(&["v=DMARC1; p=none;"])));
-        assert!(dmarc_valid(&r(&["v=DMARC1;p=reject;rua=mailto:d@acme.test", "other"])));
-        assert!(!dmarc_valid(&r(&["v=DMARC1; p=none", "v=DMARC1; p=reject"])));
+        assert!(dmarc_valid(&r(&[
+            "v=DMARC1;p=reject;rua=mailto:d@acme.test",
+            "other"
+        ])));
+        assert!(!dmarc_valid(&r(&[
+            "v=DMARC1; p=none",
+            "v=DMARC1; p=reject"
+        ])));
         assert!(!dmarc_valid(&r(&["v=DMARC1; rua=mailto:d@acme.test"])));
         assert!(!dmarc_valid(&r(&["p=none; v=DMARC1"])));
         assert!(!dmarc_valid(&r(&["v=DMARC1; p=maybe"])));

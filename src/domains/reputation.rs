@@ -190,7 +190,10 @@ mod tests {
         // 5 % bounces: poor.
         assert_eq!(score(&c(1000, 50, 0), &ALL).status, "poor");
         // No DMARC: 94, good; nothing verified: 80, fair.
-        let no_dmarc = Auth { dmarc: false, ..ALL };
+        let no_dmarc = Auth {
+            dmarc: false,
+            ..ALL
+        };
         assert_eq!(score(&c(1000, 0, 0), &no_dmarc).score, 94);
         let s = score(&c(1000, 0, 0), &Auth::default());
         assert_eq!((s.score, s.status), (80, "fair"));

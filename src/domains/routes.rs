@@ -161,10 +161,10 @@ async fn create_domain(
     body: ApiJson<CreateDomain>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(raw) = body.value.name.as_deref() else {
-        return Err(
-            ApiError::validation("The 'name' field is required, like {\"name\": \"acme.com\"}.")
-                .with_field("name"),
-        );
+        return Err(ApiError::validation(
+            "The 'name' field is required, like {\"name\": \"acme.com\"}.",
+        )
+        .with_field("name"));
     };
     let name = DomainName::parse(raw).map_err(|m| ApiError::validation(m).with_field("name"))?;
     let selector = state.config.domains.dkim_selector.clone();
@@ -209,7 +209,14 @@ async fn create_domain(
     let inserted = state
         .db
         .write(move |c| {
-            store::insert(c, mode, &name2, &selector, &pair.private_der, &pair.public_b64)
+            store::insert(
+                c,
+                mode,
+                &name2,
+                &selector,
+                &pair.private_der,
+                &pair.public_b64,
+            )
         })
         .await;
     match inserted {

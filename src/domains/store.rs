@@ -53,7 +53,10 @@ impl DomainStatus {
     /// `delivery.require_verified_domain` is on: verified, and verified domains whose DNS
     /// check fails for now (a DNS hiccup must not stop transactional mail).
     pub fn may_send(self) -> bool {
-        matches!(self, DomainStatus::Verified | DomainStatus::TemporaryFailure)
+        matches!(
+            self,
+            DomainStatus::Verified | DomainStatus::TemporaryFailure
+        )
     }
 }
 
@@ -284,12 +287,7 @@ pub struct Transition {
 /// `failed`. A verified domain that loses DKIM or SPF is `temporary_failure` (sending goes
 /// on) until `give_up_after` from the first failing check, then `failed`. A failed domain is
 /// only checked on request, and becomes verified when its records are right.
-pub fn transition(
-    row: &DomainRow,
-    checks: &Checks,
-    now: i64,
-    give_up_after: i64,
-) -> Transition {
+pub fn transition(row: &DomainRow, checks: &Checks, now: i64, give_up_after: i64) -> Transition {
     let dkim = checks.dkim.status == RecordStatus::Verified;
     let spf = checks.spf.status == RecordStatus::Verified;
     let to = |status, failing_since| Transition {
@@ -408,7 +406,10 @@ pub fn due_for_check(
 /// address `bounces+<email id>@bounces.<domain>` the email was sent with). Matching ignores
 /// case (some servers lower-case addresses; ULIDs are case-insensitive) and needs the
 /// whole address to be the email's envelope sender, so a made-up address matches nothing.
-pub fn email_for_bounce_address(conn: &Connection, addr: &str) -> Result<Option<String>, StoreError> {
+pub fn email_for_bounce_address(
+    conn: &Connection,
+    addr: &str,
+) -> Result<Option<String>, StoreError> {
     let addr = addr.trim().trim_start_matches('<').trim_end_matches('>');
     let Some((local, _domain)) = addr.rsplit_once('@') else {
         return Ok(None);
@@ -489,7 +490,10 @@ mod tests {
         let t = transition(&fresh, &checks(R::Verified, R::Failed), now, H72);
         assert_eq!((t.status, t.event), (PartiallyVerified, None));
         let t = transition(&fresh, &checks(R::Verified, R::Verified), now, H72);
-        assert_eq!((t.status, t.event), (Verified, Some(events::DOMAIN_VERIFIED)));
+        assert_eq!(
+            (t.status, t.event),
+            (Verified, Some(events::DOMAIN_VERIFIED))
+        );
         // 72 h without verification: failed, once.
         let old = domain(PartiallyVerified, now - H72, None);
         let t = transition(&old, &checks(R::Verified, R::Pending), now, H72);
@@ -498,7 +502,10 @@ mod tests {
         let t = transition(&failed, &checks(R::Pending, R::Pending), now, H72);
         assert_eq!((t.status, t.event), (Failed, None));
         let t = transition(&failed, &checks(R::Verified, R::Verified), now, H72);
-        assert_eq!((t.status, t.event), (Verified, Some(events::DOMAIN_VERIFIED)));
+        assert_eq!(
+            (t.status, t.event),
+            (Verified, Some(events::DOMAIN_VERIFIED))
+        );
         // A verified domain that loses a record: temporary failure from now on ...
         let verified = domain(Verified, now - 10 * H72, None);
         let t = transition(&verified, &checks(R::Pending, R::Verified), now, H72);
@@ -509,10 +516,16 @@ mod tests {
         // ... still within the grace period ...
         let failing = domain(TemporaryFailure, now - 10 * H72, Some(now - 100));
         let t = transition(&failing, &checks(R::Failed, R::Verified), now, H72);
-        assert_eq!((t.status, t.failing_since), (TemporaryFailure, Some(now - 100)));
+        assert_eq!(
+            (t.status, t.failing_since),
+            (TemporaryFailure, Some(now - 100))
+        );
         // ... back to verified (an event again) or failed after 72 h.
         let t = transition(&failing, &checks(R::Verified, R::Verified), now, H72);
-        assert_eq!((t.status, t.failing_since, t.event), (Verified, None, Some(events::DOMAIN_VERIFIED)));
+        assert_eq!(
+            (t.status, t.failing_since, t.event),
+            (Verified, None, Some(events::DOMAIN_VERIFIED))
+        );
         let long = domain(TemporaryFailure, now - 10 * H72, Some(now - H72));
         let t = transition(&long, &checks(R::Failed, R::Verified), now, H72);
         assert_eq!((t.status, t.event), (Failed, Some(events::DOMAIN_FAILED)));
@@ -538,11 +551,20 @@ mod tests {
         .unwrap();
         let found = |a: &str| email_for_bounce_address(&conn, a).unwrap();
         assert_eq!(found(&envelope).as_deref(), Some(id.as_str()));
-        assert_eq!(found(&format!("<{}>", envelope.to_lowercase())).as_deref(), Some(id.as_str()));
-        assert_eq!(found(&envelope.to_uppercase()).as_deref(), Some(id.as_str()));
+        assert_eq!(
+            found(&format!("<{}>", envelope.to_lowercase())).as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            found(&envelope.to_uppercase()).as_deref(),
+            Some(id.as_str())
+        );
         // Another domain, another token, a forged token, not a VERP address: nothing.
         assert_eq!(found(&format!("bounces+{id}@bounces.evil.test")), None);
-        assert_eq!(found(&format!("bounces+{}@bounces.acme.test", ids::new_id("msg"))), None);
+        assert_eq!(
+            found(&format!("bounces+{}@bounces.acme.test", ids::new_id("msg"))),
+            None
+        );
         assert_eq!(found("bounces+msg_nope@bounces.acme.test"), None);
         assert_eq!(found("postmaster@acme.test"), None);
         assert_eq!(found(&format!("other+{id}@bounces.acme.test")), None);

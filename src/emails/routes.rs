@@ -217,6 +217,17 @@ async fn send_batch(
             .iter()
             .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
             .collect();
+        // Every item refused for its unverified sending domain: the 403 of a single send.
+        if errors.iter().all(|e| e.code == "domain_not_verified") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "domain_not_verified",
+                format!(
+                    "{n} item(s) of the batch are sent from a domain that is not verified, so nothing was stored. See 'details'; verify the domain (POST /v1/domains, publish its DNS records, GET /v1/domains/{{id}}/verify) and retry."
+                ),
+            )
+            .with_details(details));
+        }
         return Err(ApiError::validation(format!(
             "{n} item(s) of the batch are invalid, so nothing was stored. See 'details'; fix them or send the header 'x-batch-validation: permissive' to accept the valid ones."
         ))
