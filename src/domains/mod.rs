@@ -202,10 +202,15 @@ impl Domains {
     }
 
     /// Looks `row`'s records up now, saves the outcome (status, events) and returns the
-    /// domain as saved (None when it was deleted meanwhile).
+    /// domain as saved (None when it was deleted meanwhile). The resolver's cache is emptied
+    /// first: a record published a minute ago must count now, not after the negative answer
+    /// of an earlier check expires.
     pub async fn check(&self, row: DomainRow) -> Result<Option<DomainRow>, StoreError> {
         let checks = match &self.resolver {
-            Some(resolver) => dns::check(resolver, &row, &self.config).await,
+            Some(resolver) => {
+                resolver.clear_cache();
+                dns::check(resolver, &row, &self.config).await
+            }
             None => Checks::default(),
         };
         let give_up = self.config.domains.timings.give_up_after.as_secs() as i64;

@@ -807,3 +807,60 @@ async fn reputation_is_computed_from_the_domains_own_deliveries() {
     verify(&app, &app.live_key, id).await;
     assert_eq!(get(&app, &app.live_key, &path).await["score"], 87);
 }
+
+#[tokio::test]
+async fn a_test_mode_domain_scores_its_test_mail_and_complaints_make_it_poor() {
+    let dns = TestDnsServer::start().await;
+    let app = spawn_app_with(|c| with_dns(c, dns.addr())).await;
+    let d = create(&app, &app.test_key, "acme.test").await;
+    let id = d["id"].as_str().unwrap();
+    publish_all(&dns, &d);
+    assert_eq!(verify(&app, &app.test_key, id).await["status"], "verified");
+    // 98 captured, one hard bounce, one complaint (captured, then marked as spam).
+    let batch: Vec<Value> = (0..100)
+        .map(|i| {
+            let mut m = mail();
+            m["to"] = json!(match i {
+                0 => "bounced@test.mailsflux".to_string(),
+                1 => "complained@test.mailsflux".to_string(),
+                i => format!("r{i}@example.org"),
+            });
+            m
+        })
+        .collect();
+    let res = app
+        .post("/v1/emails/batch", &app.test_key, &json!(batch))
+        .await;
+    assert_eq!(res.status(), 200);
+    let path = format!("/v1/domains/{id}/reputation");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        let r = get(&app, &app.test_key, &path).await;
+        if r["sent"] == 100 && r["complained"] == 1 {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "captures did not finish: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (&r["delivered"], &r["bounced"]),
+        (&json!(99), &json!(1)),
+        "{r}"
+    );
+    assert_eq!(
+        (&r["bounce_rate"], &r["complaint_rate"]),
+        (&json!(0.01), &json!(0.01))
+    );
+    // 40 bounce points + 0 complaint points (1 % is over the 0.3 % line) + 20 = 60, which
+    // would be fair; over the complaint line it is poor.
+    assert_eq!(
+        (&r["score"], &r["status"]),
+        (&json!(60), &json!("poor")),
+        "{r}"
+    );
+    // The live mode has no such domain.
+    assert_error(app.get(&path, &app.live_key).await, 404, "not_found").await;
+}
