@@ -308,6 +308,14 @@ async fn bad_domain_names_are_refused() {
     .await;
     let list = get(&app, &app.test_key, "/v1/domains").await;
     assert_eq!(list["data"], json!([]));
+    // A sending-only key may not manage domains.
+    assert_error(
+        app.post("/v1/domains", &app.send_key, &json!({"name": "acme.test"}))
+            .await,
+        403,
+        "restricted_api_key",
+    )
+    .await;
 }
 
 #[tokio::test]
