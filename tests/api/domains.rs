@@ -443,7 +443,7 @@ async fn background_checks_fail_stale_domains_and_catch_lost_records() {
     let dns = TestDnsServer::start().await;
     let app = spawn_app_with(|c| {
         with_dns(c, dns.addr());
-        c.domains.timings.give_up_after = short("2s");
+        c.domains.timings.give_up_after = short("3s");
         c.domains.timings.recheck_pending = short("300ms");
         c.domains.timings.recheck_verified = short("300ms");
     })
@@ -454,7 +454,7 @@ async fn background_checks_fail_stale_domains_and_catch_lost_records() {
     let stale_path = format!("/v1/domains/{}", stale["id"].as_str().unwrap());
     let good_path = format!("/v1/domains/{}", good["id"].as_str().unwrap());
 
-    // Nobody calls verify: the worker verifies good.test, and fails stale.test after 2 s.
+    // Nobody calls verify: the worker verifies good.test, and fails stale.test after 3 s.
     let wait_for = |path: String, status: &'static str| {
         let app = &app;
         async move {
