@@ -153,3 +153,30 @@ CREATE TABLE login_failures (
     first_at     INTEGER NOT NULL,
     locked_until INTEGER
 ) STRICT;
+-- Sending domains (issue #7). One row per domain and mode. The DKIM private key (PKCS#1
+-- DER) never leaves the server; `dkim_public_key` is the base64 SubjectPublicKeyInfo of the
+-- DKIM record's `p=`. The selector is kept per domain so a later change of
+-- `domains.dkim_selector` does not break domains already published. `checks_json` holds the
+-- result of the last DNS check per record; `failing_since` is when a verified domain first
+-- lost a record (temporary_failure turns into failed after the grace period).
+CREATE TABLE domains (
+    id               TEXT PRIMARY KEY,
+    mode             TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    name             TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'verified', 'partially_verified',
+                                                     'failed', 'temporary_failure')),
+    dkim_selector    TEXT NOT NULL,
+    dkim_private_key BLOB NOT NULL,
+    dkim_public_key  TEXT NOT NULL,
+    checks_json      TEXT NOT NULL DEFAULT '{}',
+    created_at       INTEGER NOT NULL,
+    verified_at      INTEGER,
+    last_checked_at  INTEGER,
+    failing_since    INTEGER,
+    UNIQUE (mode, name)
+) STRICT;
+CREATE INDEX domains_by_check ON domains (status, last_checked_at);
+-- Emails by the domain of their From address, for a domain's reputation. The expression
+-- must be written exactly like this in queries for SQLite to use the index.
+CREATE INDEX emails_by_from_domain
+    ON emails (mode, substr(from_address, instr(from_address, '@') + 1), created_at);

@@ -172,6 +172,10 @@ pub struct DomainsConfig {
     pub dkim_selector: String,
     /// The SPF value to publish; `{hostname}` stands for `delivery.hostname`.
     pub spf: String,
+    /// Not a setting (no file or environment key): the timings of domain checks, fixed in
+    /// code; tests shorten them.
+    #[serde(skip)]
+    pub timings: DomainTimings,
 }
 
 impl Default for DomainsConfig {
@@ -179,6 +183,29 @@ impl Default for DomainsConfig {
         Self {
             dkim_selector: "mf".into(),
             spf: "v=spf1 a:{hostname} ~all".into(),
+            timings: DomainTimings::default(),
+        }
+    }
+}
+
+/// How often domains are checked again in the background, and how long a domain may stay
+/// unverified (pending, or a verified domain that lost a record) before it is `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainTimings {
+    /// Verified domains: every 6 hours.
+    pub recheck_verified: Duration,
+    /// Pending, partially verified and temporarily failing domains: every 15 minutes.
+    pub recheck_pending: Duration,
+    /// 72 hours, as Resend and Postmark do.
+    pub give_up_after: Duration,
+}
+
+impl Default for DomainTimings {
+    fn default() -> Self {
+        Self {
+            recheck_verified: Duration::from_secs(6 * 3600),
+            recheck_pending: Duration::from_secs(15 * 60),
+            give_up_after: Duration::from_secs(72 * 3600),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod address;
 pub mod config;
 pub mod dashboard;
 pub mod delivery;
+pub mod domains;
 pub mod emails;
 pub mod events;
 pub mod http;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Secret for signed tokens (tracking, unsubscribe, sessions), made on first start.
     pub server_secret: Arc<Vec<u8>>,
+    /// Sending domains: DNS checks, and the From-domain lookup and signing of each send.
+    pub domains: Arc<domains::Domains>,
 }
 
 /// Why the server could not start.
@@ -141,7 +144,8 @@ pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
         .service(
             utoipa_actix_web::scope("/v1")
                 .wrap(from_fn(http::auth::require_api_key))
-                .configure(emails::routes::routes),
+                .configure(emails::routes::routes)
+                .configure(domains::routes::routes),
         );
 }
 
@@ -153,6 +157,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
+    domain_checks: JoinHandle<()>,
     db: Db,
     first_key: Option<FirstKey>,
     _lock: InstanceLock,
@@ -199,6 +204,7 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let delivery = DeliveryHandle::default();
+        let domains = Arc::new(domains::Domains::new(db.clone(), config.clone()));
         let state = web::Data::new(AppState {
             config: config.clone(),
             db: db.clone(),
@@ -206,6 +212,7 @@ impl Application {
             delivery: delivery.clone(),
             in_flight: InFlight::default(),
             server_secret: Arc::new(secret),
+            domains: domains.clone(),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),
@@ -259,6 +266,7 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+        let domain_checks = tokio::spawn(domains::worker::run(domains, shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
         delivery.wake();
 
@@ -269,6 +277,7 @@ impl Application {
             shutdown,
             worker: Some(worker),
             maintenance,
+            domain_checks,
             db,
             first_key,
             _lock: lock,
@@ -304,6 +313,7 @@ impl Application {
             let _ = worker.await;
         }
         self.maintenance.abort();
+        let _ = (&mut self.domain_checks).await;
         let db = self.db.clone();
         let _ = tokio::task::spawn_blocking(move || db.close()).await;
     }

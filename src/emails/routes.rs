@@ -42,11 +42,15 @@ fn check_references(r: &SendRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses and prepares one send request (CPU work: called off the async threads).
-fn prepare_one(auth: &Authenticated, request: SendRequest) -> Result<PreparedEmail, ApiError> {
+/// Parses and prepares one send request (blocking: called off the async threads).
+fn prepare_one(
+    state: &AppState,
+    auth: &Authenticated,
+    request: SendRequest,
+) -> Result<PreparedEmail, ApiError> {
     check_references(&request)?;
     let draft = request.into_draft(false)?;
-    super::prepare(auth.mode(), auth.key_id(), draft)
+    super::prepare(auth.mode(), auth.key_id(), draft, &state.domains.senders)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -91,12 +95,10 @@ async fn send_email(
         Begin::NoKey => None,
     };
     let ApiJson { value, .. } = body;
-    let prepared = if value.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
-        let auth = auth.clone();
-        blocking(move || prepare_one(&auth, value)).await??
-    } else {
-        prepare_one(&auth, value)?
-    };
+    // Always off the async threads: preparing reads the sending domain and signs.
+    let auth2 = auth.clone();
+    let state2 = state.clone();
+    let prepared = blocking(move || prepare_one(&state2, &auth2, value)).await??;
     let record = claim.as_ref().map(|c| c.record());
     let (accepted, bytes) = state
         .db
@@ -182,6 +184,7 @@ async fn send_batch(
     };
     let ApiJson { value: items, .. } = body;
     let auth2 = auth.clone();
+    let state2 = state.clone();
     let (prepared, errors) = blocking(move || {
         let mut prepared = Vec::with_capacity(items.len());
         let mut errors = Vec::new();
@@ -193,7 +196,7 @@ async fn send_batch(
                     )
                     .with_field("audience_id"));
                 }
-                prepare_one(&auth2, r)
+                prepare_one(&state2, &auth2, r)
             });
             match result {
                 Ok(p) => prepared.push(p),
@@ -214,6 +217,17 @@ async fn send_batch(
             .iter()
             .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
             .collect();
+        // Every item refused for its unverified sending domain: the 403 of a single send.
+        if errors.iter().all(|e| e.code == "domain_not_verified") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "domain_not_verified",
+                format!(
+                    "{n} item(s) of the batch are sent from a domain that is not verified, so nothing was stored. See 'details'; verify the domain (POST /v1/domains, publish its DNS records, GET /v1/domains/{{id}}/verify) and retry."
+                ),
+            )
+            .with_details(details));
+        }
         return Err(ApiError::validation(format!(
             "{n} item(s) of the batch are invalid, so nothing was stored. See 'details'; fix them or send the header 'x-batch-validation: permissive' to accept the valid ones."
         ))

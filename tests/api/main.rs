@@ -7,6 +7,7 @@ mod support;
 
 mod browser;
 mod dashboard;
+mod domains;
 mod emails;
 mod kernel;
 mod openapi;

@@ -12,6 +12,12 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/emails"),
     ("post", "/v1/emails/batch"),
     ("post", "/v1/emails/{id}/cancel"),
+    ("post", "/v1/domains"),
+    ("get", "/v1/domains"),
+    ("get", "/v1/domains/{id}"),
+    ("delete", "/v1/domains/{id}"),
+    ("get", "/v1/domains/{id}/verify"),
+    ("get", "/v1/domains/{id}/reputation"),
 ];
 
 async fn document(app: &crate::helpers::TestApp) -> Value {
