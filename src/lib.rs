@@ -45,6 +45,8 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Secret for signed tokens (tracking, unsubscribe, sessions), made on first start.
     pub server_secret: Arc<Vec<u8>>,
+    /// Compiled user templates, shared by sends and previews.
+    pub templates: Arc<templates::TemplateCache>,
 }
 
 /// Why the server could not start.
@@ -136,7 +138,8 @@ pub fn configure_app(cfg: &mut web::ServiceConfig) {
     cfg.configure(ops::routes).service(
         web::scope("/v1")
             .wrap(from_fn(http::auth::require_api_key))
-            .configure(emails::routes::routes),
+            .configure(emails::routes::routes)
+            .configure(templates::routes::routes),
     );
 }
 
@@ -201,6 +204,7 @@ impl Application {
             delivery: delivery.clone(),
             in_flight: InFlight::default(),
             server_secret: Arc::new(secret),
+            templates: Arc::new(templates::TemplateCache::default()),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),

@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::http::idempotency::{self, Begin};
 use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
 use crate::store::time;
+use crate::templates::send::SendRenderer;
 
 /// Most items of one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -24,14 +25,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/emails/{id}/cancel").route(web::post().to(cancel)));
 }
 
-/// Checks what this build cannot resolve yet: references to templates and audiences.
+/// Checks what this build cannot resolve yet: references to audiences.
 fn check_references(r: &SendRequest) -> Result<(), ApiError> {
-    if let Some(t) = &r.template_id {
-        return Err(
-            ApiError::validation(format!("The template '{t}' does not exist."))
-                .with_field("template_id"),
-        );
-    }
     if let Some(a) = &r.audience_id {
         return Err(
             ApiError::validation(format!("The audience '{a}' does not exist."))
@@ -41,11 +36,22 @@ fn check_references(r: &SendRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses and prepares one send request (CPU work: called off the async threads).
-fn prepare_one(auth: &Authenticated, request: SendRequest) -> Result<PreparedEmail, ApiError> {
+/// Parses and prepares one send request: renders its template, if it names one (reads the
+/// database and renders: called off the async threads then), and builds the message.
+fn prepare_one(
+    auth: &Authenticated,
+    templates: &mut SendRenderer,
+    request: SendRequest,
+) -> Result<PreparedEmail, ApiError> {
     check_references(&request)?;
-    let draft = request.into_draft(false)?;
+    let applied = templates.apply(request)?;
+    let mut draft = applied.request.into_draft(false)?;
+    draft.template_id = applied.template_id;
     super::prepare(auth.mode(), auth.key_id(), draft)
+}
+
+fn renderer(state: &AppState, auth: &Authenticated) -> SendRenderer {
+    SendRenderer::new(state.db.clone(), state.templates.clone(), auth.mode())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -79,11 +85,14 @@ async fn send(
         Begin::NoKey => None,
     };
     let ApiJson { value, .. } = body;
-    let prepared = if value.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
+    let mut templates = renderer(&state, &auth);
+    let prepared = if value.attachments.as_ref().is_some_and(|a| !a.is_empty())
+        || SendRenderer::needs_render(&value)
+    {
         let auth = auth.clone();
-        blocking(move || prepare_one(&auth, value)).await??
+        blocking(move || prepare_one(&auth, &mut templates, value)).await??
     } else {
-        prepare_one(&auth, value)?
+        prepare_one(&auth, &mut templates, value)?
     };
     let record = claim.as_ref().map(|c| c.record());
     let (accepted, bytes) = state
@@ -156,6 +165,7 @@ async fn batch(
     };
     let ApiJson { value: items, .. } = body;
     let auth2 = auth.clone();
+    let mut templates = renderer(&state, &auth);
     let (prepared, errors) = blocking(move || {
         let mut prepared = Vec::with_capacity(items.len());
         let mut errors = Vec::new();
@@ -167,7 +177,7 @@ async fn batch(
                     )
                     .with_field("audience_id"));
                 }
-                prepare_one(&auth2, r)
+                prepare_one(&auth2, &mut templates, r)
             });
             match result {
                 Ok(p) => prepared.push(p),
