@@ -243,3 +243,64 @@ impl SendRenderer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::templates::store::PartVariables;
+
+    fn loaded(html: &str) -> Loaded {
+        Loaded {
+            template: TemplateRecord {
+                id: "tpl_1".into(),
+                name: "t".into(),
+                parts: TemplateParts {
+                    subject: Some("S {{ a }}".into()),
+                    html: Some(html.into()),
+                    text: None,
+                },
+                layout_id: None,
+                variables: PartVariables::default(),
+                created_at: 0,
+                updated_at: 0,
+            },
+            layout: None,
+        }
+    }
+
+    #[test]
+    fn compiled_once_per_source_and_mask() {
+        let cache = TemplateCache::default();
+        let v1 = loaded("<p>{{ a }}</p>");
+        let first = compile(&cache, &v1, PartMask::ALL).unwrap();
+        let again = compile(&cache, &v1, PartMask::ALL).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // Another mask is another compiled form, without the masked part.
+        let no_subject = PartMask {
+            subject: false,
+            ..PartMask::ALL
+        };
+        let partial = compile(&cache, &v1, no_subject).unwrap();
+        assert!(!Arc::ptr_eq(&first, &partial));
+        let vars = serde_json::json!({"a": 1});
+        let vars = vars.as_object().unwrap();
+        assert_eq!(partial.render(vars).unwrap().subject, None);
+        assert_eq!(first.render(vars).unwrap().subject.as_deref(), Some("S 1"));
+        // Edited sources are never served from the old entry, even without `forget`.
+        let v2 = loaded("<b>{{ a }}</b>");
+        let edited = compile(&cache, &v2, PartMask::ALL).unwrap();
+        assert_eq!(
+            edited.render(vars).unwrap().html.as_deref(),
+            Some("<b>1</b>")
+        );
+        // `forget` drops every mask.
+        forget(&cache, "tpl_1");
+        let parts = PartMask::ALL.select(&v2.template.parts);
+        let version = crate::templates::render::source_version(&parts, None);
+        assert!(
+            cache
+                .get(&cache_key("tpl_1", PartMask::ALL.bits()), version)
+                .is_none()
+        );
+    }
+}

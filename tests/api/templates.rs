@@ -98,6 +98,23 @@ async fn create_get_list_update_delete() {
     assert_eq!(by_name, t);
     let by_other_case = ok_json(app.get("/v1/templates/WELCOME", &app.test_key).await).await;
     assert_eq!(by_other_case["id"], t["id"]);
+    // Names with spaces and non-ASCII letters travel percent-encoded in the path.
+    let spaced = create(&app, json!({"name": "Reçu de paiement", "text": "x"})).await;
+    let found = ok_json(
+        app.get("/v1/templates/Re%C3%A7u%20de%20paiement", &app.test_key)
+            .await,
+    )
+    .await;
+    assert_eq!(found["id"], spaced["id"]);
+    ok_json(
+        delete(
+            &app,
+            "/v1/templates/Re%C3%A7u%20de%20paiement",
+            &app.test_key,
+        )
+        .await,
+    )
+    .await;
 
     // A list pages newest first.
     let second = create(
