@@ -180,3 +180,24 @@ CREATE INDEX domains_by_check ON domains (status, last_checked_at);
 -- must be written exactly like this in queries for SQLite to use the index.
 CREATE INDEX emails_by_from_domain
     ON emails (mode, substr(from_address, instr(from_address, '@') + 1), created_at);
+-- Templates (issue #4): user templates, rendered with minijinja (src/templates). `name` is
+-- unique per mode ignoring ASCII case. `layout_id` is the template that wraps this one where
+-- it says `{{ content }}`; layouts are one level deep (a layout has no layout itself), so
+-- there are no cycles. `variables_json` holds, per part, the variables the template itself
+-- reads (`{"subject": [...], "html": [...], "text": [...]}`), found when it was saved; a part
+-- that reads `content` can wrap that part of another template.
+CREATE TABLE templates (
+    id                TEXT PRIMARY KEY,
+    mode              TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    name              TEXT NOT NULL COLLATE NOCASE,
+    subject           TEXT,
+    html              TEXT,
+    text              TEXT,
+    layout_id         TEXT REFERENCES templates (id),
+    variables_json    TEXT NOT NULL,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    UNIQUE (mode, name)
+) STRICT;
+CREATE INDEX templates_by_mode ON templates (mode, id DESC);
+CREATE INDEX templates_by_layout ON templates (layout_id) WHERE layout_id IS NOT NULL;

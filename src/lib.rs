@@ -50,6 +50,8 @@ pub struct AppState {
     pub server_secret: Arc<Vec<u8>>,
     /// Sending domains: DNS checks, and the From-domain lookup and signing of each send.
     pub domains: Arc<domains::Domains>,
+    /// Compiled user templates, shared by sends and previews.
+    pub templates: Arc<templates::TemplateCache>,
 }
 
 /// Why the server could not start.
@@ -145,7 +147,8 @@ pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
             utoipa_actix_web::scope("/v1")
                 .wrap(from_fn(http::auth::require_api_key))
                 .configure(emails::routes::routes)
-                .configure(domains::routes::routes),
+                .configure(domains::routes::routes)
+                .configure(templates::routes::routes),
         );
 }
 
@@ -213,6 +216,7 @@ impl Application {
             in_flight: InFlight::default(),
             server_secret: Arc::new(secret),
             domains: domains.clone(),
+            templates: Arc::new(templates::TemplateCache::default()),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),

@@ -11,3 +11,4 @@ mod domains;
 mod emails;
 mod kernel;
 mod openapi;
+mod templates;
