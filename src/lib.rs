@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod keys;
 pub mod ops;
+pub mod postal;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
@@ -133,11 +134,14 @@ pub struct FirstKey {
 
 /// Every route of the app. Public routes first; everything under `/v1` requires a key.
 pub fn configure_app(cfg: &mut web::ServiceConfig) {
-    cfg.configure(ops::routes).service(
-        web::scope("/v1")
-            .wrap(from_fn(http::auth::require_api_key))
-            .configure(emails::routes::routes),
-    );
+    cfg.configure(ops::routes)
+        .configure(postal::routes::public_routes)
+        .service(
+            web::scope("/v1")
+                .wrap(from_fn(http::auth::require_api_key))
+                .configure(emails::routes::routes)
+                .configure(postal::routes::routes),
+        );
 }
 
 /// A running server and its workers.
@@ -147,6 +151,7 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
+    postal_worker: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
     db: Db,
     first_key: Option<FirstKey>,
@@ -207,6 +212,8 @@ impl Application {
             config.limits.requests_per_second,
         ));
         let metrics_data = web::Data::from(metrics.clone());
+        let postal = postal::PostalHandle::new(&config);
+        let postal_data = web::Data::new(postal.clone());
 
         let listener =
             TcpListener::bind(config.server.listen).map_err(|source| StartError::Listen {
@@ -220,6 +227,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics_data.clone())
+                .app_data(postal_data.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::QueryConfig::default().error_handler(|err, _| {
                     http::ApiError::validation(format!("The query string is not valid: {err}."))
@@ -250,6 +258,9 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+        let postal_worker = tokio::spawn(
+            postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
+        );
         let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
         delivery.wake();
 
@@ -259,6 +270,7 @@ impl Application {
             handle,
             shutdown,
             worker: Some(worker),
+            postal_worker: Some(postal_worker),
             maintenance,
             db,
             first_key,
@@ -292,6 +304,9 @@ impl Application {
     async fn shutdown_workers(&mut self) {
         let _ = self.shutdown.send(true);
         if let Some(worker) = self.worker.take() {
+            let _ = worker.await;
+        }
+        if let Some(worker) = self.postal_worker.take() {
             let _ = worker.await;
         }
         self.maintenance.abort();
