@@ -221,7 +221,11 @@ impl SendMailRequest {
                     ("back_html", self.back_html.is_some()),
                 ] {
                     if present {
-                        return Err(not_for(field, kind, "a letter's content is 'html' or 'pdf'"));
+                        return Err(not_for(
+                            field,
+                            kind,
+                            "a letter's content is 'html' or 'pdf'",
+                        ));
                     }
                 }
                 if self.parcel.is_some() {
@@ -282,7 +286,9 @@ impl SendMailRequest {
                 let back = non_empty(&self.back_html);
                 match (front, back, pdf) {
                     (None, None, Some(pdf)) => draft.pdf = Some(pdf),
-                    (Some(_), Some(_), Some(_)) | (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+                    (Some(_), Some(_), Some(_))
+                    | (Some(_), None, Some(_))
+                    | (None, Some(_), Some(_)) => {
                         return Err(invalid(
                             "pdf",
                             "Give a postcard's content as 'front_html' and 'back_html', or as a two-page 'pdf', not both.",
@@ -305,12 +311,8 @@ impl SendMailRequest {
                         ));
                     }
                 }
-                draft.options.size = Some(pick(
-                    "size",
-                    self.size.as_deref(),
-                    &POSTCARD_SIZES,
-                    "4x6",
-                )?);
+                draft.options.size =
+                    Some(pick("size", self.size.as_deref(), &POSTCARD_SIZES, "4x6")?);
                 draft.options.mail_class = letter_class(self.mail_class.as_deref())?;
             }
             MailKind::Parcel => {
@@ -426,7 +428,10 @@ fn render(field: &str, source: &str, variables: &Map<String, Value>) -> Result<S
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 e.code(),
-                format!("'{field}': {}.", capitalize(&e.to_string().replace("html", field))),
+                format!(
+                    "'{field}': {}.",
+                    capitalize(&e.to_string().replace("html", field))
+                ),
             )
             .with_field(field)
         })?;
@@ -465,13 +470,13 @@ fn check_metadata(raw: Option<Map<String, Value>>) -> Result<BTreeMap<String, St
     for (k, v) in raw {
         let field = format!("metadata.{k}");
         if k.is_empty() || k.chars().count() > 40 {
-            return Err(invalid(
-                &field,
-                "Metadata keys must be 1 to 40 characters.",
-            ));
+            return Err(invalid(&field, "Metadata keys must be 1 to 40 characters."));
         }
         let Value::String(s) = v else {
-            return Err(invalid(&field, format!("The metadata value of '{k}' must be a string.")));
+            return Err(invalid(
+                &field,
+                format!("The metadata value of '{k}' must be a string."),
+            ));
         };
         if s.chars().count() > 500 {
             return Err(invalid(
@@ -619,7 +624,10 @@ mod tests {
         v["front_html"] = json!("<p>front</p>");
         assert_eq!(parse(v).unwrap_err().field.as_deref(), Some("back_html"));
         let mut v = base("parcel");
-        assert_eq!(parse(v.clone()).unwrap_err().field.as_deref(), Some("parcel"));
+        assert_eq!(
+            parse(v.clone()).unwrap_err().field.as_deref(),
+            Some("parcel")
+        );
         v["parcel"] = json!({"weight_grams": 0, "length_mm": 10, "width_mm": 10, "height_mm": 10});
         assert_eq!(
             parse(v).unwrap_err().field.as_deref(),

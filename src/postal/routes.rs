@@ -29,9 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Public routes (no API key): vendor webhooks, which prove themselves by signature.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/mail/vendor-events/lob").route(web::post().to(lob_webhook)),
-    );
+    cfg.service(web::resource("/v1/mail/vendor-events/lob").route(web::post().to(lob_webhook)));
 }
 
 /// `POST /v1/mail/validate-address`
@@ -263,7 +261,9 @@ async fn cancel(
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "vendor_unavailable",
-                    format!("The vendor could not be asked to cancel ({why}). Nothing changed; please retry."),
+                    format!(
+                        "The vendor could not be asked to cancel ({why}). Nothing changed; please retry."
+                    ),
                 ));
             }
         }

@@ -446,7 +446,10 @@ fn piece_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Claimed>> {
 /// One piece with its vendor's name, as vendors see it.
 pub fn load_piece(conn: &Connection, id: &str) -> Result<Option<Claimed>, StoreError> {
     let sql = format!("SELECT {PIECE_COLUMNS} FROM mail_pieces WHERE id = ?1");
-    Ok(conn.query_row(&sql, [id], piece_from_row).optional()?.flatten())
+    Ok(conn
+        .query_row(&sql, [id], piece_from_row)
+        .optional()?
+        .flatten())
 }
 
 /// Claims up to `limit` pieces whose next action is due at `now_ms`, leasing them for

@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use super::PostalHandle;
 use super::vendor::VendorError;
-use crate::address::postal::{self, AddressInput, Components, Message, NormalizedAddress, Severity};
+use crate::address::postal::{
+    self, AddressInput, Components, Message, NormalizedAddress, Severity,
+};
 use crate::keys::Mode;
 
 /// The answer of `POST /v1/mail/validate-address`.
@@ -58,7 +60,10 @@ const PHRASES: [(&str, TestPhrase); 14] = [
     ("missing unit", TestPhrase::MissingUnit),
     ("incorrect unit", TestPhrase::IncorrectUnit),
     ("unnecessary unit", TestPhrase::UnnecessaryUnit),
-    ("undeliverable block match", TestPhrase::UndeliverableBlockMatch),
+    (
+        "undeliverable block match",
+        TestPhrase::UndeliverableBlockMatch,
+    ),
     ("undeliverable no match", TestPhrase::UndeliverableNoMatch),
 ];
 
@@ -128,7 +133,12 @@ impl TestPhrase {
 pub async fn check(postal: &PostalHandle, mode: Mode, input: &AddressInput) -> AddressCheck {
     let local = postal::validate(input);
     let mut result = AddressCheck {
-        deliverability: if local.valid { "unknown" } else { "undeliverable" }.to_string(),
+        deliverability: if local.valid {
+            "unknown"
+        } else {
+            "undeliverable"
+        }
+        .to_string(),
         valid: local.valid,
         normalized: local.normalized,
         components: local.components,
@@ -182,7 +192,10 @@ pub async fn check(postal: &PostalHandle, mode: Mode, input: &AddressInput) -> A
                 result.messages.push(Message {
                     code: "deliverability",
                     field: "line1".into(),
-                    message: format!("{} reports that no mailbox matches this address.", vendor.name()),
+                    message: format!(
+                        "{} reports that no mailbox matches this address.",
+                        vendor.name()
+                    ),
                     severity: Severity::Error,
                 });
             }
@@ -217,7 +230,11 @@ mod tests {
             Some(TestPhrase::MissingUnit)
         );
         assert_eq!(test_phrase(Some("12 missing unit rd")), None);
-        assert!(test_phrase(Some("undeliverable no match")).unwrap().undeliverable());
+        assert!(
+            test_phrase(Some("undeliverable no match"))
+                .unwrap()
+                .undeliverable()
+        );
         assert_eq!(
             test_phrase(Some("deliverable")).unwrap().deliverability(),
             "deliverable"

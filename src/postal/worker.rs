@@ -41,7 +41,10 @@ impl PostalWorker {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         match self.db.write(store::release_all_leases).await {
-            Ok(n) if n > 0 => tracing::info!(pieces = n, "mail pieces from an interrupted run are back in the queue"),
+            Ok(n) if n > 0 => tracing::info!(
+                pieces = n,
+                "mail pieces from an interrupted run are back in the queue"
+            ),
             Ok(_) => {}
             Err::<_, StoreError>(e) => tracing::error!(error = %e, "releasing mail leases failed"),
         }

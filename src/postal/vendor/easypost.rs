@@ -55,7 +55,9 @@ impl EasyPost {
             return Err(VendorError::from_status(SHOWN, status, &text));
         }
         serde_json::from_str(&text).map_err(|e| {
-            VendorError::Temporary(format!("EasyPost answered with JSON we could not read: {e}"))
+            VendorError::Temporary(format!(
+                "EasyPost answered with JSON we could not read: {e}"
+            ))
         })
     }
 
@@ -226,7 +228,11 @@ impl PostalVendor for EasyPost {
                     .collect();
                 return Err(VendorError::Rejected(format!(
                     "EasyPost offered no {want_carrier} {want_service} rate for this parcel (postal.easypost.carrier/service); offered: {}",
-                    if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+                    if offered.is_empty() {
+                        "none".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
                 )));
             };
             let bought = self

@@ -58,10 +58,7 @@ impl Lob {
         Ok(basic_auth(&self.config.api_key))
     }
 
-    async fn send_json(
-        &self,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<Value, VendorError> {
+    async fn send_json(&self, rb: reqwest::RequestBuilder) -> Result<Value, VendorError> {
         let res = rb
             .header("Authorization", self.auth()?)
             .send()
@@ -123,7 +120,10 @@ fn create_fields(piece: &Piece) -> Map<String, Value> {
     }
     m.insert("to".into(), lob_address(&piece.to));
     m.insert("from".into(), lob_address(&piece.from));
-    m.insert("mail_type".into(), json!(mail_type(piece.options.mail_class)));
+    m.insert(
+        "mail_type".into(),
+        json!(mail_type(piece.options.mail_class)),
+    );
     m.insert("use_type".into(), json!("operational"));
     if let Some(size) = &piece.options.size {
         m.insert("size".into(), json!(size));
@@ -525,8 +525,14 @@ mod tests {
 
     #[test]
     fn event_types_map_to_statuses() {
-        assert_eq!(status_for_event("letter.created"), Some(MailStatus::Submitted));
-        assert_eq!(status_for_event("letter.mailed"), Some(MailStatus::InTransit));
+        assert_eq!(
+            status_for_event("letter.created"),
+            Some(MailStatus::Submitted)
+        );
+        assert_eq!(
+            status_for_event("letter.mailed"),
+            Some(MailStatus::InTransit)
+        );
         assert_eq!(
             status_for_event("postcard.processed_for_delivery"),
             Some(MailStatus::OutForDelivery)
@@ -536,7 +542,10 @@ mod tests {
             Some(MailStatus::Delivered)
         );
         assert_eq!(status_for_event("letter.rendered_pdf"), None);
-        assert_eq!(status_for_event("letter.deleted"), Some(MailStatus::Canceled));
+        assert_eq!(
+            status_for_event("letter.deleted"),
+            Some(MailStatus::Canceled)
+        );
     }
 
     #[test]

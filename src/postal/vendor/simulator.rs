@@ -14,9 +14,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::{Date, OffsetDateTime, Weekday};
 
-use super::{
-    CancelResult, Piece, PostalVendor, Refreshed, Submitted, TrackingNode, VendorFuture,
-};
+use super::{CancelResult, Piece, PostalVendor, Refreshed, Submitted, TrackingNode, VendorFuture};
 use crate::postal::verify::is_return_to_sender;
 use crate::postal::{MailKind, MailStatus};
 use crate::store::{ids, time as clock};
@@ -123,7 +121,10 @@ impl PostalVendor for Simulator {
 
     fn submit<'a>(&'a self, piece: &'a Piece) -> VendorFuture<'a, Submitted> {
         Box::pin(async move {
-            let start = piece.send_date.unwrap_or(piece.created_at).max(clock::now());
+            let start = piece
+                .send_date
+                .unwrap_or(piece.created_at)
+                .max(clock::now());
             let international = piece.to.country != piece.from.country;
             let days = piece.options.mail_class.business_days(international);
             Ok(Submitted {
