@@ -18,16 +18,19 @@ use crate::store::time;
 use crate::templates::render::{CompiledTemplate, TemplateParts};
 
 /// The body of `POST /v1/mail/send`, as sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMailRequest {
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub to: Option<AddressInput>,
+    #[schema(value_type = Option<Object>)]
     pub from: Option<AddressInput>,
     pub description: Option<String>,
     pub html: Option<String>,
     pub template_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub variables: Option<Map<String, Value>>,
     /// Base64 of a PDF.
     pub pdf: Option<String>,
@@ -39,11 +42,12 @@ pub struct SendMailRequest {
     pub mail_class: Option<String>,
     pub parcel: Option<ParcelInput>,
     pub send_date: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
 /// Parcel dimensions as sent: whole grams and millimetres.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParcelInput {
     pub weight_grams: u32,

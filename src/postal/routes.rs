@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -18,21 +18,32 @@ use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body
 use crate::keys::Mode;
 use crate::store::{ids, time};
 
-/// Routes under `/v1` (behind the API key).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/mail/validate-address").route(web::post().to(validate_address)))
-        .service(web::resource("/mail/send").route(web::post().to(send)))
-        .service(web::resource("/mail").route(web::get().to(list)))
-        .service(web::resource("/mail/{id}").route(web::get().to(get)))
-        .service(web::resource("/mail/{id}/cancel").route(web::post().to(cancel)));
+/// Registers the physical-mail routes (under `/v1`), documented in the OpenAPI document.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(validate_address)
+        .service(send_mail)
+        .service(list_mail)
+        .service(get_mail)
+        .service(cancel_mail);
 }
 
-/// Public routes (no API key): vendor webhooks, which prove themselves by signature.
-pub fn public_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/mail/vendor-events/lob").route(web::post().to(lob_webhook)));
+/// Public routes (no API key): vendor webhooks, which prove themselves by signature. Not in
+/// the OpenAPI document: vendors call them, not clients.
+pub fn public_routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.route("/v1/mail/vendor-events/lob", web::post().to(lob_webhook));
 }
 
-/// `POST /v1/mail/validate-address`
+/// Check and normalize a postal address (and verify it, where the vendor can).
+#[utoipa::path(
+    tag = "mail",
+    request_body = AddressInput,
+    responses(
+        (status = 200, description = "The verdict; an address that fails the rules is `valid: false`", body = verify::AddressCheck),
+        (status = 422, description = "Malformed request (wrong types, unknown fields)", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/mail/validate-address")]
 async fn validate_address(
     postal: web::Data<PostalHandle>,
     auth: Authenticated,
@@ -51,8 +62,19 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// `POST /v1/mail/send`
-async fn send(
+/// Send a letter, postcard or parcel.
+#[utoipa::path(
+    tag = "mail",
+    request_body = SendMailRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 h")),
+    responses(
+        (status = 200, description = "Accepted and stored", body = Accepted),
+        (status = 422, description = "Invalid request, or `invalid_address` with `details`", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/mail/send")]
+async fn send_mail(
     state: web::Data<AppState>,
     postal: web::Data<PostalHandle>,
     auth: Authenticated,
@@ -114,8 +136,21 @@ fn not_found(id: &str, mode: Mode) -> ApiError {
     ))
 }
 
-/// `GET /v1/mail/:id`
-async fn get(
+/// One piece with its tracking history (oldest first); `?include=content` adds what is printed.
+#[utoipa::path(
+    tag = "mail",
+    params(
+        ("id" = String, Path, description = "The mail id (mail_...)"),
+        ("include" = Option<String>, Query, description = "`content` adds the printed HTML or PDF and the envelope lines"),
+    ),
+    responses(
+        (status = 200, description = "The piece", body = store::MailView),
+        (status = 404, description = "No such piece in this mode", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[get("/mail/{id}")]
+async fn get_mail(
     state: web::Data<AppState>,
     auth: Authenticated,
     path: web::Path<String>,
@@ -170,8 +205,20 @@ fn parse_time_filter(name: &str, value: Option<&str>) -> Result<Option<i64>, Api
         .transpose()
 }
 
-/// `GET /v1/mail`
-async fn list(
+/// Pieces, newest first, with filters and cursor pagination.
+#[utoipa::path(
+    tag = "mail",
+    params(
+        ("status" = Option<String>, Query), ("type" = Option<String>, Query),
+        ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses((status = 200, description = "`{object: \"list\", data, has_more, next_cursor}`")),
+    security(("api_key" = []))
+)]
+#[get("/mail")]
+async fn list_mail(
     state: web::Data<AppState>,
     auth: Authenticated,
     query: web::Query<ListQuery>,
@@ -216,8 +263,19 @@ async fn list(
     Ok(json_response(StatusCode::OK, json_body(&page)))
 }
 
-/// `POST /v1/mail/:id/cancel`: canceled while the vendor still allows it, else 409.
-async fn cancel(
+/// Cancel a piece while its vendor still allows it (the simulator: before printing).
+#[utoipa::path(
+    tag = "mail",
+    params(("id" = String, Path, description = "The mail id (mail_...)")),
+    responses(
+        (status = 200, description = "The canceled piece", body = store::MailView),
+        (status = 409, description = "Too late to cancel", body = crate::ops::openapi::ErrorEnvelope),
+        (status = 502, description = "The vendor could not be reached", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/mail/{id}/cancel")]
+async fn cancel_mail(
     state: web::Data<AppState>,
     postal: web::Data<PostalHandle>,
     auth: Authenticated,

@@ -27,7 +27,7 @@ pub struct NewPiece {
 }
 
 /// What `POST /v1/mail/send` answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub id: String,
     pub status: &'static str,
@@ -497,7 +497,7 @@ pub fn release_all_leases(conn: &Connection) -> Result<usize, StoreError> {
 }
 
 /// An address as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AddressView {
     pub name: Option<String>,
     pub company: Option<String>,
@@ -525,7 +525,7 @@ impl From<MailAddress> for AddressView {
 }
 
 /// One tracking node as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrackingView {
     pub status: String,
     pub vendor_status: Option<String>,
@@ -536,18 +536,19 @@ pub struct TrackingView {
 
 /// What the vendor prints (`?include=content`): the rendered HTML or the PDF, and the
 /// envelope lines.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ContentView {
     pub html: Option<String>,
     pub front_html: Option<String>,
     pub back_html: Option<String>,
     /// Base64.
     pub pdf: Option<String>,
+    #[schema(value_type = Object)]
     pub envelope: BTreeMap<&'static str, Vec<String>>,
 }
 
 /// The mail object of `GET /v1/mail/:id` and of list items.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MailView {
     pub id: String,
     pub object: &'static str,
@@ -649,30 +650,30 @@ pub fn get(
         .collect::<Result<Vec<_>, _>>()?;
     view.tracking = Some(tracking);
     if include_content {
-        let (html, front, back, pdf, to, from): (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<Vec<u8>>,
-            String,
-            String,
-        ) = conn.query_row(
-            "SELECT html, front_html, back_html, pdf, to_json, from_json FROM mail_pieces WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-        )?;
-        let lines = |json: &str| {
-            serde_json::from_str::<MailAddress>(json)
+        let lines = |json: String| {
+            serde_json::from_str::<MailAddress>(&json)
                 .map(|a| a.formatted)
                 .unwrap_or_default()
         };
-        view.content = Some(ContentView {
-            html,
-            front_html: front,
-            back_html: back,
-            pdf: pdf.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-            envelope: BTreeMap::from([("to", lines(&to)), ("from", lines(&from))]),
-        });
+        let content = conn.query_row(
+            "SELECT html, front_html, back_html, pdf, to_json, from_json FROM mail_pieces WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(ContentView {
+                    html: r.get(0)?,
+                    front_html: r.get(1)?,
+                    back_html: r.get(2)?,
+                    pdf: r
+                        .get::<_, Option<Vec<u8>>>(3)?
+                        .map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+                    envelope: BTreeMap::from([
+                        ("to", lines(r.get(4)?)),
+                        ("from", lines(r.get(5)?)),
+                    ]),
+                })
+            },
+        )?;
+        view.content = Some(content);
     }
     Ok(Some(view))
 }

@@ -16,12 +16,15 @@ use crate::address::postal::{
 use crate::keys::Mode;
 
 /// The answer of `POST /v1/mail/validate-address`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AddressCheck {
     pub valid: bool,
     pub deliverability: String,
+    #[schema(value_type = Object)]
     pub normalized: NormalizedAddress,
+    #[schema(value_type = Object)]
     pub components: Components,
+    #[schema(value_type = Vec<Object>)]
     pub messages: Vec<Message>,
     /// `local`, `simulator` or the vendor's name (`lob`).
     pub verified_by: &'static str,
@@ -146,9 +149,10 @@ pub async fn check(postal: &PostalHandle, mode: Mode, input: &AddressInput) -> A
         verified_by: "local",
     };
     if mode == Mode::Test {
-        if let Some(phrase) = test_phrase(input.line1.as_deref()) {
+        // Like Lob's test environment, the required fields are checked first.
+        if let Some(phrase) = test_phrase(input.line1.as_deref()).filter(|_| result.valid) {
             result.deliverability = phrase.deliverability().to_string();
-            result.valid = result.valid && !phrase.undeliverable();
+            result.valid = !phrase.undeliverable();
             result.verified_by = "simulator";
             result.messages.push(Message {
                 code: "deliverability",

@@ -8,3 +8,4 @@ mod support;
 mod emails;
 mod kernel;
 mod mail;
+mod openapi;

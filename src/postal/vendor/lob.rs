@@ -135,18 +135,18 @@ fn create_fields(piece: &Piece) -> Map<String, Value> {
             json!(piece.options.double_sided.unwrap_or(true)),
         );
     }
-    if let Some(t) = piece.send_date {
-        m.insert("send_date".into(), json!(time::format(t)));
-    }
+    // No `send_date`: mailsflux holds a scheduled piece itself and submits it when it is due,
+    // so it can be canceled locally until then.
     let mut metadata: Map<String, Value> = piece
         .metadata
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    metadata.insert("mailsflux_id".into(), json!(piece.id));
-    if metadata.len() <= 20 {
-        m.insert("metadata".into(), Value::Object(metadata));
+    // Lob allows 20 metadata keys; ours is added when there is room.
+    if metadata.len() < 20 {
+        metadata.insert("mailsflux_id".into(), json!(piece.id));
     }
+    m.insert("metadata".into(), Value::Object(metadata));
     m
 }
 
