@@ -434,7 +434,7 @@ fn render(field: &str, source: &str, variables: &Map<String, Value>) -> Result<S
                 e.code(),
                 format!(
                     "'{field}': {}.",
-                    capitalize(&e.to_string().replace("html", field))
+                    capitalize(&e.to_string().replace("the html", &format!("the {field}")))
                 ),
             )
             .with_field(field)

@@ -913,6 +913,11 @@ async fn lob_letters_postcards_webhooks_polling_and_cancel() {
     assert_eq!(body["double_sided"], true);
     assert_eq!(body["mail_type"], "usps_first_class");
     assert_eq!(body["use_type"], "operational");
+    assert!(
+        body.get("size").is_none(),
+        "a US letter is Lob's default size"
+    );
+    assert!(r.header("lob-version").is_none());
     assert_eq!(body["description"], "Welcome letter");
     assert_eq!(body["metadata"]["customer"], "42");
     assert_eq!(body["metadata"]["mailsflux_id"], id.as_str());
@@ -1035,9 +1040,11 @@ async fn lob_letters_postcards_webhooks_polling_and_cancel() {
 
 #[tokio::test]
 async fn lob_pdf_letters_are_multipart_and_rejections_fail_the_piece() {
-    let lob = FakeVendor::start(|r| match r.path.as_str() {
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let lob = FakeVendor::start(move |r| match r.path.as_str() {
         "/v1/letters" if r.header("content-type").unwrap_or("").starts_with("multipart/") => {
-            (200, json!({"id": "ltr_pdf1", "expected_delivery_date": "2026-12-10", "object": "letter"}))
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            (200, json!({"id": format!("ltr_pdf{n}"), "expected_delivery_date": "2026-12-10", "object": "letter"}))
         }
         _ => (
             422,
@@ -1055,6 +1062,7 @@ async fn lob_pdf_letters_are_multipart_and_rejections_fail_the_piece() {
     let mut b = letter();
     b.as_object_mut().unwrap().remove("html");
     b["pdf"] = json!(base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4\nhello\n%%EOF\n"));
+    b["size"] = json!("us_legal");
     let id = send_mail(&app, &app.live_key, &b).await;
     let m = wait_mail(&app, &app.live_key, &id, |m| m["status"] == "submitted").await;
     assert_eq!(m["vendor_id"], "ltr_pdf1");
@@ -1066,6 +1074,19 @@ async fn lob_pdf_letters_are_multipart_and_rejections_fail_the_piece() {
     );
     assert!(text.contains("name=\"file\"; filename=\"file.pdf\"\r\nContent-Type: application/pdf"));
     assert!(text.contains("%PDF-1.4\nhello"));
+    assert!(text.contains("name=\"size\"\r\n\r\nus_legal\r\n"), "{text}");
+    assert_eq!(r.header("lob-version"), Some("2024-01-01"));
+    assert_eq!(r.header("idempotency-key"), Some(id.as_str()));
+
+    // HTML over Lob's 10,000-character inline limit goes as an uploaded file.
+    let mut b = letter();
+    b["html"] = json!(format!("<p>{}</p>", "x".repeat(12_000)));
+    let long = send_mail(&app, &app.live_key, &b).await;
+    wait_mail(&app, &app.live_key, &long, |m| m["status"] == "submitted").await;
+    let r = &lob.matching("POST", "/v1/letters")[1];
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(text.contains("name=\"file\"; filename=\"file.html\"\r\nContent-Type: text/html"));
+    assert!(!text.contains("name=\"size\""));
 
     // A 4xx from Lob fails the piece, saying why.
     let card = send_mail(&app, &app.live_key, &postcard()).await;

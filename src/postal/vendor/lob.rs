@@ -30,6 +30,9 @@ use crate::store::time;
 pub const NAME: &str = "lob";
 const SHOWN: &str = "Lob";
 
+/// The API version Lob requires for `size: "us_legal"` letters.
+const LEGAL_LETTER_VERSION: &str = "2024-01-01";
+
 /// How often a Lob piece is polled when no webhook arrives.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// How far a webhook's timestamp may be from now.
@@ -125,7 +128,9 @@ fn create_fields(piece: &Piece) -> Map<String, Value> {
         json!(mail_type(piece.options.mail_class)),
     );
     m.insert("use_type".into(), json!("operational"));
-    if let Some(size) = &piece.options.size {
+    // Lob's letter `size` is only for legal letters (with `Lob-Version: 2024-01-01`, see
+    // `submit`); a US letter is Lob's default and must not name it.
+    if let Some(size) = piece.options.size.as_deref().filter(|s| *s != "us_letter") {
         m.insert("size".into(), json!(size));
     }
     if piece.kind == MailKind::Letter {
@@ -169,25 +174,50 @@ fn form_fields(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// A multipart/form-data body with text fields and one PDF file part.
-fn multipart(fields: &[(String, String)], file_field: &str, pdf: &[u8]) -> (String, Vec<u8>) {
+/// One file of a multipart upload: the form field, its content type and bytes.
+struct FilePart<'a> {
+    field: &'static str,
+    content_type: &'static str,
+    extension: &'static str,
+    bytes: &'a [u8],
+}
+
+/// A multipart/form-data body with text fields and file parts.
+fn multipart(fields: &[(String, String)], files: &[FilePart<'_>]) -> (String, Vec<u8>) {
     let boundary = format!("mailsflux-{}", ulid::Ulid::new());
-    let mut body = Vec::with_capacity(pdf.len() + 1024);
+    let size: usize = files.iter().map(|f| f.bytes.len()).sum();
+    let mut body = Vec::with_capacity(size + 1024);
     for (k, v) in fields {
         body.extend_from_slice(
             format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
                 .as_bytes(),
         );
     }
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{file_field}\"; filename=\"{file_field}.pdf\"\r\nContent-Type: application/pdf\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(pdf);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    for f in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{0}\"; filename=\"{0}.{1}\"\r\nContent-Type: {2}\r\n\r\n",
+                f.field, f.extension, f.content_type
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(f.bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Lob takes HTML inline up to this many characters; longer HTML goes as an uploaded file.
+const MAX_INLINE_HTML: usize = 10_000;
+
+fn html_part<'a>(field: &'static str, html: &'a str) -> FilePart<'a> {
+    FilePart {
+        field,
+        content_type: "text/html",
+        extension: "html",
+        bytes: html.as_bytes(),
+    }
 }
 
 /// Maps a Lob webhook event type (`letter.in_transit`, `postcard.delivered`,
@@ -363,31 +393,51 @@ impl PostalVendor for Lob {
             }
             let url = self.url(&format!("/v1/{}", resource(piece.kind)));
             let mut fields = create_fields(piece);
-            let rb = self
+            let mut rb = self
                 .client
                 .post(url)
                 .header("Idempotency-Key", piece.id.as_str());
-            let rb = match (piece.kind, &piece.pdf) {
+            if piece.options.size.as_deref() == Some("us_legal") {
+                rb = rb.header("Lob-Version", LEGAL_LETTER_VERSION);
+            }
+            let front = piece.front_html.as_deref().unwrap_or_default();
+            let back = piece.back_html.as_deref().unwrap_or_default();
+            let html = piece.html.as_deref().unwrap_or_default();
+            let files: Vec<FilePart<'_>> = match (piece.kind, &piece.pdf) {
                 (MailKind::Postcard, Some(_)) => {
                     return Err(VendorError::Rejected(
                         "Lob takes a postcard's front and back as separate files; send 'front_html' and 'back_html' instead of one PDF".into(),
                     ));
                 }
-                (_, Some(pdf)) => {
-                    let mut form = Vec::new();
-                    form_fields("", &Value::Object(fields), &mut form);
-                    let (content_type, body) = multipart(&form, "file", pdf);
-                    rb.header("Content-Type", content_type).body(body)
+                (_, Some(pdf)) => vec![FilePart {
+                    field: "file",
+                    content_type: "application/pdf",
+                    extension: "pdf",
+                    bytes: pdf,
+                }],
+                (MailKind::Postcard, None)
+                    if front.len() > MAX_INLINE_HTML || back.len() > MAX_INLINE_HTML =>
+                {
+                    vec![html_part("front", front), html_part("back", back)]
                 }
                 (MailKind::Postcard, None) => {
-                    fields.insert("front".into(), json!(piece.front_html));
-                    fields.insert("back".into(), json!(piece.back_html));
-                    rb.json(&fields)
+                    fields.insert("front".into(), json!(front));
+                    fields.insert("back".into(), json!(back));
+                    Vec::new()
                 }
+                _ if html.len() > MAX_INLINE_HTML => vec![html_part("file", html)],
                 _ => {
-                    fields.insert("file".into(), json!(piece.html));
-                    rb.json(&fields)
+                    fields.insert("file".into(), json!(html));
+                    Vec::new()
                 }
+            };
+            let rb = if files.is_empty() {
+                rb.json(&fields)
+            } else {
+                let mut form = Vec::new();
+                form_fields("", &Value::Object(fields), &mut form);
+                let (content_type, body) = multipart(&form, &files);
+                rb.header("Content-Type", content_type).body(body)
             };
             let v = self.send_json(rb).await?;
             let vendor_id = v
