@@ -722,3 +722,154 @@ pub fn list(conn: &Connection, mode: Mode, f: &ListFilter) -> Result<Vec<MailVie
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postal::request::SendMailRequest;
+
+    fn node(status: MailStatus, at: i64, event: Option<&str>) -> TrackingNode {
+        TrackingNode {
+            status,
+            vendor_status: status.as_str().into(),
+            description: format!("{} happened", status.as_str()),
+            location: Some("AUSTIN, TX 78701".into()),
+            occurred_at: at,
+            vendor_event_id: event.map(str::to_string),
+        }
+    }
+
+    fn setup() -> (Connection, String) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrate(&mut conn).unwrap();
+        let request: SendMailRequest = serde_json::from_value(json!({
+            "type": "letter",
+            "to": {"name": "Ana", "line1": "1 Main St", "city": "Springfield", "state": "IL", "postal_code": "62704", "country": "US"},
+            "from": {"company": "Acme", "line1": "1 Congress Ave", "city": "Austin", "state": "TX", "postal_code": "78701", "country": "US"},
+            "html": "<p>hi</p>"
+        }))
+        .unwrap();
+        let piece = NewPiece {
+            id: crate::store::ids::new_id("mail"),
+            mode: Mode::Test,
+            vendor: "simulator",
+            draft: request.into_draft(Mode::Test).unwrap(),
+            api_key_id: "key_1".into(),
+            created_at: 1_700_000_000,
+        };
+        insert(&conn, &piece).unwrap();
+        (conn, piece.id)
+    }
+
+    fn history(conn: &Connection, id: &str) -> Vec<String> {
+        get(conn, Mode::Test, id, false)
+            .unwrap()
+            .unwrap()
+            .tracking
+            .unwrap()
+            .into_iter()
+            .map(|t| t.status)
+            .collect()
+    }
+
+    fn event_types(conn: &Connection, id: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT type FROM events WHERE mail_id = ?1 ORDER BY id")
+            .unwrap();
+        stmt.query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn statuses_only_move_forward_and_repeats_count_once() {
+        let (conn, id) = setup();
+        use MailStatus::*;
+        // Out of order, with a repeat and a stale report.
+        let entered = apply_nodes(
+            &conn,
+            &id,
+            &[
+                node(InLocalArea, 30, Some("e3")),
+                node(InTransit, 20, Some("e2")),
+                node(InTransit, 20, Some("e2")),
+                node(Submitted, 10, None),
+            ],
+            Next::At(5),
+        )
+        .unwrap();
+        assert_eq!(entered, [Submitted, InTransit, InLocalArea]);
+        // The same vendor event again, and an older status: nothing new.
+        let entered = apply_nodes(
+            &conn,
+            &id,
+            &[node(InTransit, 20, Some("e2")), node(Printing, 40, None)],
+            Next::Keep,
+        )
+        .unwrap();
+        assert!(entered.is_empty());
+        // A further scan at the same step is history, not a status change.
+        apply_nodes(&conn, &id, &[node(InLocalArea, 45, Some("e4"))], Next::Keep).unwrap();
+        apply_nodes(&conn, &id, &[node(Delivered, 50, Some("e5"))], Next::Keep).unwrap();
+        // Nothing after a final status.
+        let entered =
+            apply_nodes(&conn, &id, &[node(ReturnedToSender, 60, None)], Next::Keep).unwrap();
+        assert!(entered.is_empty());
+        assert_eq!(
+            history(&conn, &id),
+            [
+                "queued",
+                "submitted",
+                "in_transit",
+                "in_local_area",
+                "in_local_area",
+                "delivered"
+            ]
+        );
+        assert_eq!(
+            event_types(&conn, &id),
+            [
+                "queued",
+                "submitted",
+                "in_transit",
+                "in_local_area",
+                "delivered"
+            ]
+        );
+        let next: Option<i64> = conn
+            .query_row(
+                "SELECT next_action_at FROM mail_pieces WHERE id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(next, None, "a final piece leaves the queue");
+    }
+
+    #[test]
+    fn claims_lease_and_cancel_checks_the_status() {
+        let (conn, id) = setup();
+        let due = 1_700_000_000 * 1000;
+        assert_eq!(claim_due(&conn, due - 1, 10, 1000).unwrap().len(), 0);
+        assert_eq!(claim_due(&conn, due, 10, 1000).unwrap().len(), 1);
+        assert_eq!(
+            claim_due(&conn, due + 1, 10, 1000).unwrap().len(),
+            0,
+            "leased"
+        );
+        assert_eq!(claim_due(&conn, due + 1001, 10, 1000).unwrap().len(), 1);
+        assert_eq!(release_all_leases(&conn).unwrap(), 1);
+        assert!(!mark_canceled(&conn, &id, MailStatus::Submitted, "no").unwrap());
+        assert!(mark_canceled(&conn, &id, MailStatus::Queued, "yes").unwrap());
+        assert_eq!(claim_due(&conn, i64::MAX, 10, 1000).unwrap().len(), 0);
+        let s = Submitted {
+            vendor_id: "sim_1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            record_submitted(&conn, &id, &s, 0).unwrap(),
+            SubmitOutcome::CanceledMeanwhile
+        );
+    }
+}
