@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::PostalHandle;
@@ -23,7 +23,9 @@ const IDLE_SLEEP: Duration = Duration::from_secs(30);
 /// How long a claimed piece stays leased (longer than any vendor call's timeout).
 const LEASE_MS: i64 = 120_000;
 /// Pieces handled at once.
-const BATCH: usize = 16;
+pub const CONCURRENCY: usize = 16;
+/// How long shutdown waits for vendor calls under way.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Failed submissions are retried this many times (with a doubling wait) before the piece
 /// is `failed`.
 const MAX_SUBMIT_ATTEMPTS: i64 = 10;
@@ -38,7 +40,8 @@ impl PostalWorker {
         PostalWorker { db, postal }
     }
 
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true. Up to [`CONCURRENCY`] pieces are handled at once,
+    /// so one slow vendor does not hold up the others (test-mode pieces in particular).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         match self.db.write(store::release_all_leases).await {
             Ok(n) if n > 0 => tracing::info!(
@@ -48,12 +51,46 @@ impl PostalWorker {
             Ok(_) => {}
             Err::<_, StoreError>(e) => tracing::error!(error = %e, "releasing mail leases failed"),
         }
+        let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let mut tasks: JoinSet<()> = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let handled = self.run_once(time::now_ms()).await;
-            if handled > 0 {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let now_ms = time::now_ms();
+            let claimed = match self
+                .db
+                .write(move |c| store::claim_due(c, now_ms, free, LEASE_MS))
+                .await
+            {
+                Ok(c) => c,
+                Err::<_, StoreError>(e) => {
+                    tracing::error!(error = %e, "claiming due mail pieces failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if !claimed.is_empty() {
+                for c in claimed {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let db = self.db.clone();
+                    let vendor = self.postal.vendors.get(&c.vendor);
+                    tasks.spawn(async move {
+                        handle(db, vendor, c, now_ms).await;
+                        drop(permit);
+                    });
+                }
                 continue;
             }
             let wait = match self
@@ -71,17 +108,30 @@ impl PostalWorker {
             tokio::select! {
                 _ = self.postal.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = shutdown.changed() => {}
             }
         }
+        // Shutdown: let the vendor calls under way finish, within a grace period; a piece cut
+        // off is still leased in the database and is picked up again at the next start.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "mail vendor calls still running at shutdown; they are retried at the next start"
+            );
+            tasks.abort_all();
+        }
     }
 
-    /// Handles every piece due at `now_ms` (at most one batch) and returns how many: the
-    /// worker's step function.
+    /// Handles every piece due at `now_ms` (at most [`CONCURRENCY`]), waits for them, and
+    /// returns how many: the worker's step function, for tests that drive the clock.
     pub async fn run_once(&self, now_ms: i64) -> usize {
         let claimed = match self
             .db
-            .write(move |c| store::claim_due(c, now_ms, BATCH, LEASE_MS))
+            .write(move |c| store::claim_due(c, now_ms, CONCURRENCY, LEASE_MS))
             .await
         {
             Ok(c) => c,
