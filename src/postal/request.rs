@@ -197,6 +197,12 @@ impl SendMailRequest {
             Some(b64) => Some(decode_pdf(b64)?),
             None => None,
         };
+        if pdf.is_some() && !variables.is_empty() {
+            return Err(invalid(
+                "variables",
+                "'variables' fill in HTML content; a 'pdf' is printed as it is.",
+            ));
+        }
 
         let mut draft = MailDraft {
             kind,
@@ -643,6 +649,10 @@ mod tests {
         let mut v = base("letter");
         v["pdf"] = json!(base64::engine::general_purpose::STANDARD.encode("not a pdf"));
         assert_eq!(parse(v).unwrap_err().field.as_deref(), Some("pdf"));
+        let mut v = base("letter");
+        v["pdf"] = json!(base64::engine::general_purpose::STANDARD.encode("%PDF-1.4"));
+        v["variables"] = json!({"a": "b"});
+        assert_eq!(parse(v).unwrap_err().field.as_deref(), Some("variables"));
         let mut v = base("postcard");
         v["front_html"] = json!("a");
         v["back_html"] = json!("b");

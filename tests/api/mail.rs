@@ -614,6 +614,7 @@ async fn content_and_option_rules_per_type() {
     // A letter given as a PDF.
     let mut b = letter();
     b.as_object_mut().unwrap().remove("html");
+    b.as_object_mut().unwrap().remove("variables");
     b["pdf"] = json!(base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4\n%%EOF\n"));
     send_mail(&app, &app.test_key, &b).await;
 }
@@ -1061,6 +1062,7 @@ async fn lob_pdf_letters_are_multipart_and_rejections_fail_the_piece() {
     .await;
     let mut b = letter();
     b.as_object_mut().unwrap().remove("html");
+    b.as_object_mut().unwrap().remove("variables");
     b["pdf"] = json!(base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4\nhello\n%%EOF\n"));
     b["size"] = json!("us_legal");
     let id = send_mail(&app, &app.live_key, &b).await;
