@@ -130,6 +130,30 @@ CREATE TABLE suppressions (
     PRIMARY KEY (mode, email_lower)
 ) STRICT;
 
+-- Dashboard: administrators (argon2 password hashes), their sessions (only the SHA-256 of
+-- the session id is kept) and failed sign-ins (for the lock-out).
+CREATE TABLE admins (
+    id            TEXT PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE admin_sessions (
+    id_hash     BLOB PRIMARY KEY,
+    admin_id    TEXT NOT NULL REFERENCES admins (id) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE login_failures (
+    email        TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    first_at     INTEGER NOT NULL,
+    locked_until INTEGER
+) STRICT;
+
 -- Physical mail (postal). One row per letter, postcard or parcel. `status` is the
 -- vendor-neutral status of API.md; `vendor_status` is the vendor's own word beside it.
 -- The row is also the postal worker's queue: `next_action_at` (Unix milliseconds) says when

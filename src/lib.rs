@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod emails;
 pub mod events;
@@ -137,6 +138,7 @@ pub struct FirstKey {
 /// under `/v1` are registered through utoipa-actix-web, so each one is in the OpenAPI document.
 pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(ops::routes)
+        .configure(dashboard::routes)
         .configure(postal::routes::public_routes)
         .service(
             utoipa_actix_web::scope("/v1")

@@ -5,6 +5,7 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod dashboard;
 mod emails;
 mod kernel;
 mod mail;
