@@ -201,3 +201,59 @@ CREATE TABLE templates (
 ) STRICT;
 CREATE INDEX templates_by_mode ON templates (mode, id DESC);
 CREATE INDEX templates_by_layout ON templates (layout_id) WHERE layout_id IS NOT NULL;
+
+-- Physical mail (postal). One row per letter, postcard or parcel. `status` is the
+-- vendor-neutral status of API.md; `vendor_status` is the vendor's own word beside it.
+-- The row is also the postal worker's queue: `next_action_at` (Unix milliseconds) says when
+-- the worker next submits, advances or polls the piece (NULL: nothing left to do), and
+-- `lease_until` marks a piece a worker is handling now (cleared at start: one serve per file).
+CREATE TABLE mail_pieces (
+    id                     TEXT PRIMARY KEY,
+    mode                   TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    type                   TEXT NOT NULL CHECK (type IN ('letter', 'postcard', 'parcel')),
+    status                 TEXT NOT NULL,
+    vendor                 TEXT NOT NULL,
+    vendor_id              TEXT,
+    vendor_status          TEXT,
+    vendor_data_json       TEXT NOT NULL DEFAULT '{}',
+    carrier                TEXT,
+    tracking_number        TEXT,
+    expected_delivery_date TEXT,
+    description            TEXT,
+    to_json                TEXT NOT NULL,
+    from_json              TEXT NOT NULL,
+    options_json           TEXT NOT NULL,
+    metadata_json          TEXT NOT NULL,
+    html                   TEXT,
+    front_html             TEXT,
+    back_html              TEXT,
+    pdf                    BLOB,
+    send_date              INTEGER,
+    api_key_id             TEXT,
+    attempts               INTEGER NOT NULL DEFAULT 0,
+    last_error             TEXT,
+    next_action_at         INTEGER,
+    lease_until            INTEGER,
+    created_at             INTEGER NOT NULL,
+    updated_at             INTEGER NOT NULL
+) STRICT;
+CREATE INDEX mail_by_mode ON mail_pieces (mode, id DESC);
+CREATE INDEX mail_by_status ON mail_pieces (mode, status, id DESC);
+CREATE INDEX mail_due ON mail_pieces (next_action_at) WHERE next_action_at IS NOT NULL;
+CREATE UNIQUE INDEX mail_by_vendor_id ON mail_pieces (vendor, vendor_id) WHERE vendor_id IS NOT NULL;
+
+-- The tracking history of a piece, oldest first: one row per status change and per further
+-- scan the vendor reports. `vendor_event_id` makes a webhook or poll seen twice count once.
+CREATE TABLE mail_tracking (
+    id              INTEGER PRIMARY KEY,
+    mail_id         TEXT NOT NULL REFERENCES mail_pieces (id) ON DELETE CASCADE,
+    status          TEXT NOT NULL,
+    vendor_status   TEXT,
+    description     TEXT NOT NULL,
+    location        TEXT,
+    occurred_at     INTEGER NOT NULL,
+    vendor_event_id TEXT
+) STRICT;
+CREATE INDEX mail_tracking_by_mail ON mail_tracking (mail_id, id);
+CREATE UNIQUE INDEX mail_tracking_vendor_event ON mail_tracking (mail_id, vendor_event_id)
+    WHERE vendor_event_id IS NOT NULL;

@@ -544,6 +544,22 @@ impl Config {
                 "must be longer than 0s".to_string(),
             );
         }
+        // A vendor without its key could only fail every piece: stop the start instead.
+        if self.postal.vendor == PostalVendorName::Lob && self.postal.lob.api_key.is_empty() {
+            return fail(
+                "postal.lob.api_key",
+                "must be set when postal.vendor is \"lob\" (a secret key from Lob's dashboard)"
+                    .to_string(),
+            );
+        }
+        if self.postal.parcel_vendor == ParcelVendorName::Easypost
+            && self.postal.easypost.api_key.is_empty()
+        {
+            return fail(
+                "postal.easypost.api_key",
+                "must be set when postal.parcel_vendor is \"easypost\"".to_string(),
+            );
+        }
         for (name, url) in [
             ("postal.lob.base_url", &self.postal.lob.base_url),
             ("postal.easypost.base_url", &self.postal.easypost.base_url),
@@ -644,6 +660,18 @@ mod tests {
             .expect("mailsflux.toml.example parses with no unknown key");
         let defaults = serde_json::to_value(Config::default()).unwrap();
         assert_eq!(serde_json::to_value(example).unwrap(), defaults);
+    }
+
+    #[test]
+    fn a_remote_postal_vendor_needs_its_key() {
+        let mut c = Config::default();
+        c.postal.vendor = PostalVendorName::Lob;
+        assert!(c.check().unwrap_err().0.contains("postal.lob.api_key"));
+        c.postal.lob.api_key = "live_x".into();
+        c.postal.parcel_vendor = ParcelVendorName::Easypost;
+        assert!(c.check().unwrap_err().0.contains("postal.easypost.api_key"));
+        c.postal.easypost.api_key = "EZAK".into();
+        c.check().unwrap();
     }
 
     #[test]

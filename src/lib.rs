@@ -13,6 +13,7 @@ pub mod events;
 pub mod http;
 pub mod keys;
 pub mod ops;
+pub mod postal;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
@@ -143,12 +144,14 @@ pub struct FirstKey {
 pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(ops::routes)
         .configure(dashboard::routes)
+        .configure(postal::routes::public_routes)
         .service(
             utoipa_actix_web::scope("/v1")
                 .wrap(from_fn(http::auth::require_api_key))
                 .configure(emails::routes::routes)
                 .configure(domains::routes::routes)
-                .configure(templates::routes::routes),
+                .configure(templates::routes::routes)
+                .configure(postal::routes::routes),
         );
 }
 
@@ -159,6 +162,7 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
+    postal_worker: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
     domain_checks: JoinHandle<()>,
     db: Db,
@@ -223,6 +227,8 @@ impl Application {
             config.limits.requests_per_second,
         ));
         let metrics_data = web::Data::from(metrics.clone());
+        let postal = postal::PostalHandle::new(&config);
+        let postal_data = web::Data::new(postal.clone());
 
         let listener =
             TcpListener::bind(config.server.listen).map_err(|source| StartError::Listen {
@@ -241,6 +247,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics_data.clone())
+                .app_data(postal_data.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::QueryConfig::default().error_handler(|err, _| {
                     http::ApiError::validation(format!("The query string is not valid: {err}."))
@@ -271,6 +278,9 @@ impl Application {
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
         let domain_checks = tokio::spawn(domains::worker::run(domains, shutdown_rx.clone()));
+        let postal_worker = tokio::spawn(
+            postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
+        );
         let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
         delivery.wake();
 
@@ -280,6 +290,7 @@ impl Application {
             handle,
             shutdown,
             worker: Some(worker),
+            postal_worker: Some(postal_worker),
             maintenance,
             domain_checks,
             db,
@@ -314,6 +325,9 @@ impl Application {
     async fn shutdown_workers(&mut self) {
         let _ = self.shutdown.send(true);
         if let Some(worker) = self.worker.take() {
+            let _ = worker.await;
+        }
+        if let Some(worker) = self.postal_worker.take() {
             let _ = worker.await;
         }
         self.maintenance.abort();

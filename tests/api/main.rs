@@ -10,5 +10,6 @@ mod dashboard;
 mod domains;
 mod emails;
 mod kernel;
+mod mail;
 mod openapi;
 mod templates;

@@ -24,6 +24,11 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/domains/{id}"),
     ("get", "/v1/domains/{id}/verify"),
     ("get", "/v1/domains/{id}/reputation"),
+    ("post", "/v1/mail/validate-address"),
+    ("post", "/v1/mail/send"),
+    ("get", "/v1/mail/{id}"),
+    ("get", "/v1/mail"),
+    ("post", "/v1/mail/{id}/cancel"),
 ];
 
 async fn document(app: &crate::helpers::TestApp) -> Value {
