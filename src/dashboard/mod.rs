@@ -4,6 +4,7 @@
 //! script only adds copy buttons. The dashboard only reads through the capabilities' stores,
 //! except for what it manages itself (API keys, sessions).
 
+mod more;
 mod pages;
 pub mod session;
 mod store;
@@ -45,6 +46,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(
         utoipa_actix_web::scope("/dashboard")
             .wrap(from_fn(security_headers))
+            .configure(more::routes)
             .configure(pages::routes),
     );
 }

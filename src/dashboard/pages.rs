@@ -113,7 +113,7 @@ fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
     }
 }
 
-fn page(p: &impl Template) -> Result<HttpResponse, DashError> {
+pub(super) fn page(p: &impl Template) -> Result<HttpResponse, DashError> {
     Ok(html(StatusCode::OK, p))
 }
 
@@ -164,7 +164,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn new(signed: &Signed, section: &'static str) -> Layout {
+    pub(super) fn new(signed: &Signed, section: &'static str) -> Layout {
         Layout {
             email: signed.session.email.clone(),
             csrf: signed.session.csrf_token.clone(),
@@ -284,7 +284,7 @@ struct CsrfForm {
     csrf: Option<String>,
 }
 
-fn check_csrf(signed: &Signed, given: Option<&str>) -> Result<(), DashError> {
+pub(super) fn check_csrf(signed: &Signed, given: Option<&str>) -> Result<(), DashError> {
     if session::csrf_ok(&signed.session, given.unwrap_or("")) {
         Ok(())
     } else {

@@ -67,7 +67,8 @@ pub struct DomainView {
 }
 
 impl DomainView {
-    fn new(row: &DomainRow, config: &Config) -> DomainView {
+    /// The API's view of a stored domain: its records with the last check's results.
+    pub fn new(row: &DomainRow, config: &Config) -> DomainView {
         let c = &row.checks;
         let records = dns::records(row, config)
             .into_iter()
@@ -366,6 +367,16 @@ async fn domain_reputation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let row = load(&state, auth.mode(), &path).await?;
+    let body = reputation_of(&state, row).await.map_err(ApiError::from)?;
+    Ok(json_response(StatusCode::OK, json_body(&body)))
+}
+
+/// The reputation of a domain over the window, from this server's own events (also shown by
+/// the dashboard).
+pub async fn reputation_of(
+    state: &AppState,
+    row: DomainRow,
+) -> Result<ReputationView, crate::store::StoreError> {
     let now = time::now();
     let since = now - reputation::WINDOW_DAYS * 86_400;
     let name = row.name.clone();
@@ -373,8 +384,7 @@ async fn domain_reputation(
     let counts = state
         .db
         .read(move |c| reputation::counts(c, mode, &name, since))
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let verified = |s: RecordStatus| s == RecordStatus::Verified;
     let auth = Auth {
         dkim: verified(row.checks.dkim.status),
@@ -382,7 +392,7 @@ async fn domain_reputation(
         dmarc: verified(row.checks.dmarc.status),
     };
     let score = reputation::score(&counts, &auth);
-    let body = ReputationView {
+    Ok(ReputationView {
         domain_id: row.id,
         name: row.name,
         score: score.score,
@@ -396,6 +406,5 @@ async fn domain_reputation(
         bounce_rate: score.bounce_rate,
         complaint_rate: score.complaint_rate,
         computed_at: time::format(now),
-    };
-    Ok(json_response(StatusCode::OK, json_body(&body)))
+    })
 }

@@ -209,5 +209,40 @@ async fn sign_in_create_a_key_send_and_find_it_in_the_inbox() {
         .unwrap();
     let text = body_text(&c).await;
     assert!(text.contains(&id) && text.contains("delivered"), "{text}");
+
+    // A domain's records, ready to copy.
+    let res = app
+        .post("/v1/domains", &key, &json!({"name": "browser-shop.test"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    c.find(Locator::LinkText("Domains"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::LinkText("browser-shop.test"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("table.records"))
+        .await
+        .unwrap();
+    let text = body_text(&c).await;
+    assert!(
+        text.contains("mf._domainkey.browser-shop.test") && text.contains("v=DKIM1"),
+        "{text}"
+    );
+    assert!(
+        c.find_all(Locator::Css("table.records button.copy"))
+            .await
+            .unwrap()
+            .len()
+            >= 8
+    );
     c.close().await.unwrap();
 }

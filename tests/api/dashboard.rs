@@ -240,3 +240,60 @@ async fn api_keys_are_created_once_and_revoked_with_csrf() {
     let (status, _) = page(&client, &app, "/dashboard/").await;
     assert_eq!(status, 303, "signed out");
 }
+
+#[tokio::test]
+async fn domain_template_and_mail_pages_render() {
+    let app = spawn_app().await;
+    with_admin(&app).await;
+    let key = app.test_key.clone();
+    let dom: serde_json::Value = app
+        .post("/v1/domains", &key, &json!({"name": "pages.test"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tpl = app
+        .post(
+            "/v1/templates",
+            &key,
+            &json!({"name": "welcome <b>", "subject": "Hi {{ name }}", "text": "Hello {{ name }}"}),
+        )
+        .await;
+    assert_eq!(tpl.status(), 201);
+    let tpl: serde_json::Value = tpl.json().await.unwrap();
+    let client = sign_in(&app).await;
+    for path in [
+        "/dashboard/domains".to_string(),
+        format!("/dashboard/domains/{}", dom["id"].as_str().unwrap()),
+        "/dashboard/templates".to_string(),
+        format!("/dashboard/templates/{}", tpl["id"].as_str().unwrap()),
+        "/dashboard/mail".to_string(),
+    ] {
+        let (status, html) = page(&client, &app, &path).await;
+        assert_eq!(status, 200, "{path}: {html}");
+        assert!(
+            !html.contains("welcome <b>"),
+            "{path} escapes the template name"
+        );
+    }
+    let (_, html) = page(
+        &client,
+        &app,
+        &format!(
+            "/dashboard/templates/{}?variables=%7B%22name%22%3A%22Ana%22%7D",
+            tpl["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert!(
+        html.contains("Hi Ana") && html.contains("Hello Ana"),
+        "{html}"
+    );
+    let (status, _) = page(
+        &client,
+        &app,
+        "/dashboard/mail/mail_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
