@@ -226,6 +226,7 @@ impl Application {
             db.clone(),
             config.limits.requests_per_second,
         ));
+        let auth_for_maintenance = auth.clone();
         let metrics_data = web::Data::from(metrics.clone());
         let postal = postal::PostalHandle::new(&config);
         let postal_data = web::Data::new(postal.clone());
@@ -281,7 +282,11 @@ impl Application {
         let postal_worker = tokio::spawn(
             postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
         );
-        let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
+        let maintenance = tokio::spawn(maintenance_loop(
+            db.clone(),
+            auth_for_maintenance,
+            shutdown_rx,
+        ));
         delivery.wake();
 
         Ok(Application {
@@ -337,12 +342,15 @@ impl Application {
     }
 }
 
-/// Periodic housekeeping: expired idempotency answers.
-async fn maintenance_loop(db: Db, mut shutdown: watch::Receiver<bool>) {
+/// Periodic housekeeping: expired idempotency answers, rate-limit state of idle keys.
+async fn maintenance_loop(db: Db, auth: web::Data<AuthState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
+        }
+        if let Some(limiter) = &auth.limiter {
+            limiter.retain_recent();
         }
         match db.write(http::idempotency::purge_expired).await {
             Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
