@@ -6,11 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use mailsflux::dashboard::session;
-use mailsflux::store::Db;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::spawn_app;
 
 const EMAIL: &str = "browser@example.org";
 const PASSWORD: &str = "a long browser password";
@@ -79,19 +77,6 @@ async fn browser(driver: &Driver) -> Client {
         .expect("a Chromium session")
 }
 
-async fn with_admin(app: &TestApp) {
-    let config = app.config.database.clone();
-    tokio::task::spawn_blocking(move || {
-        let db = Db::open(&config).unwrap();
-        let hash = session::hash_password(PASSWORD).unwrap();
-        db.write_blocking(move |c| session::create_admin(c, EMAIL, &hash))
-            .unwrap();
-        db.close();
-    })
-    .await
-    .unwrap();
-}
-
 async fn body_text(c: &Client) -> String {
     c.find(Locator::Css("body"))
         .await
@@ -104,7 +89,7 @@ async fn body_text(c: &Client) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_create_a_key_send_and_find_it_in_the_inbox() {
     let app = spawn_app().await;
-    with_admin(&app).await;
+    app.create_admin(EMAIL, PASSWORD).await;
     let driver = start_driver().await;
     let c = browser(&driver).await;
 

@@ -1,26 +1,12 @@
 //! The dashboard over HTTP: sign-in, sessions, CSRF, escaping, security headers, the pages.
 
 use mailsflux::dashboard::session;
-use mailsflux::store::Db;
 use serde_json::json;
 
 use crate::helpers::{TestApp, mail, spawn_app};
 
 const EMAIL: &str = "admin@example.org";
 const PASSWORD: &str = "correct horse battery staple";
-
-async fn with_admin(app: &TestApp) {
-    let config = app.config.database.clone();
-    tokio::task::spawn_blocking(move || {
-        let db = Db::open(&config).unwrap();
-        let hash = session::hash_password(PASSWORD).unwrap();
-        db.write_blocking(move |c| session::create_admin(c, EMAIL, &hash))
-            .unwrap();
-        db.close();
-    })
-    .await
-    .unwrap();
-}
 
 /// A browser-like client: keeps cookies, does not follow redirects.
 fn browser() -> reqwest::Client {
@@ -97,7 +83,7 @@ async fn every_page_requires_a_session() {
 #[tokio::test]
 async fn wrong_passwords_lock_the_account_out() {
     let app = spawn_app().await;
-    with_admin(&app).await;
+    app.create_admin(EMAIL, PASSWORD).await;
     for _ in 0..session::MAX_FAILURES {
         let res = browser()
             .post(app.url("/dashboard/login"))
@@ -125,7 +111,7 @@ async fn wrong_passwords_lock_the_account_out() {
 #[tokio::test]
 async fn pages_show_data_escaped() {
     let app = spawn_app().await;
-    with_admin(&app).await;
+    app.create_admin(EMAIL, PASSWORD).await;
     let mut body = mail();
     body["subject"] = json!("Hi <script>alert(1)</script>");
     let sent = app.send(&body).await;
@@ -181,7 +167,7 @@ async fn pages_show_data_escaped() {
 #[tokio::test]
 async fn api_keys_are_created_once_and_revoked_with_csrf() {
     let app = spawn_app().await;
-    with_admin(&app).await;
+    app.create_admin(EMAIL, PASSWORD).await;
     let client = sign_in(&app).await;
     let (_, html) = page(&client, &app, "/dashboard/settings/api-keys").await;
     let csrf = csrf_of(&html);
@@ -244,7 +230,7 @@ async fn api_keys_are_created_once_and_revoked_with_csrf() {
 #[tokio::test]
 async fn domain_template_and_mail_pages_render() {
     let app = spawn_app().await;
-    with_admin(&app).await;
+    app.create_admin(EMAIL, PASSWORD).await;
     let key = app.test_key.clone();
     let dom: serde_json::Value = app
         .post("/v1/domains", &key, &json!({"name": "pages.test"}))
