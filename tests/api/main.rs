@@ -5,5 +5,11 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
+mod cli;
+mod content;
 mod emails;
+mod idempotency;
 mod kernel;
+mod limits;
+mod pagination;
