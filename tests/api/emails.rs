@@ -746,3 +746,27 @@ async fn a_restart_keeps_everything() {
         .unwrap();
     assert_eq!(ids_of(&now_list).len(), 3, "the replay created nothing");
 }
+
+#[tokio::test]
+async fn deferred_recipients_are_retried_on_time_with_nothing_else_to_do() {
+    // Nothing sent after these: no new send wakes the worker for the retries, which are due
+    // 1 s after the first attempts (the retry schedule of the tests).
+    let app = spawn_app().await;
+    let mut body = mail();
+    body["to"] = json!("delayed@test.mailsflux");
+    let items = json!([body.clone(), body.clone(), body.clone(), body.clone()]);
+    let res = app.post("/v1/emails/batch", &app.test_key, &items).await;
+    assert_eq!(res.status(), 200);
+    let sent: Value = res.json().await.unwrap();
+    for d in sent["data"].as_array().unwrap() {
+        let e = app
+            .wait_email(
+                &app.test_key,
+                d["id"].as_str().unwrap(),
+                Duration::from_secs(8),
+                |e| e["status"] == "delivered",
+            )
+            .await;
+        assert_eq!(event_types(&e), ["queued", "delivery_delayed", "delivered"]);
+    }
+}
