@@ -116,8 +116,12 @@ impl Worker {
                 let config = self.config.clone();
                 let metrics = self.metrics.clone();
                 let live = self.live.clone();
+                let handle = self.handle.clone();
                 tasks.spawn(async move {
                     deliver_group(db, config, metrics, live, group).await;
+                    // A deferred recipient has a new due time that the worker, asleep until
+                    // the lease of this very attempt would expire, does not know about.
+                    handle.wake();
                     drop(permit);
                 });
             }

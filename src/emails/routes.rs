@@ -288,7 +288,7 @@ struct GetQuery {
     ),
     security(("api_key" = []))
 )]
-#[get("/emails/{id}")]
+#[get("/emails/{id:msg_[0-9A-Za-z]+}")]
 async fn get_email(
     state: web::Data<AppState>,
     auth: Authenticated,
@@ -448,7 +448,7 @@ async fn list_emails(
     ),
     security(("api_key" = []))
 )]
-#[post("/emails/{id}/cancel")]
+#[post("/emails/{id:msg_[0-9A-Za-z]+}/cancel")]
 async fn cancel_email(
     state: web::Data<AppState>,
     auth: Authenticated,

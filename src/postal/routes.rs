@@ -149,7 +149,7 @@ fn not_found(id: &str, mode: Mode) -> ApiError {
     ),
     security(("api_key" = []))
 )]
-#[get("/mail/{id}")]
+#[get("/mail/{id:mail_[0-9A-Za-z]+}")]
 async fn get_mail(
     state: web::Data<AppState>,
     auth: Authenticated,
@@ -274,7 +274,7 @@ async fn list_mail(
     ),
     security(("api_key" = []))
 )]
-#[post("/mail/{id}/cancel")]
+#[post("/mail/{id:mail_[0-9A-Za-z]+}/cancel")]
 async fn cancel_mail(
     state: web::Data<AppState>,
     postal: web::Data<PostalHandle>,
