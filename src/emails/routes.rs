@@ -10,7 +10,9 @@ use super::request::SendRequest;
 use super::store::{self, Accepted, CancelOutcome, ListFilter, PreparedEmail};
 use crate::AppState;
 use crate::http::idempotency::{self, Begin};
-use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
+use crate::http::{
+    ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
+};
 use crate::store::time;
 use crate::templates::send::SendRenderer;
 
@@ -54,15 +56,6 @@ fn prepare_one(
 
 fn renderer(state: &AppState, auth: &Authenticated) -> SendRenderer {
     SendRenderer::new(state.db.clone(), state.templates.clone(), auth.mode())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f).await.map_err(|e| {
-        tracing::error!(error = %e, "a blocking task failed");
-        ApiError::internal()
-    })
 }
 
 /// Send one email (or an audience send).

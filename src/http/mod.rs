@@ -120,6 +120,17 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
+/// Runs CPU or blocking work (parsing large bodies, rendering, signing) off the async
+/// threads; a failed task is a 500.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a blocking task failed");
+        ApiError::internal()
+    })
+}
+
 /// The JSON body of a successful answer.
 pub fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()

@@ -14,7 +14,9 @@ use super::{MailKind, MailStatus, PostalHandle, verify};
 use crate::AppState;
 use crate::address::postal::AddressInput;
 use crate::http::idempotency::{self, Begin};
-use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
+use crate::http::{
+    ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
+};
 use crate::keys::Mode;
 use crate::store::{ids, time};
 
@@ -51,15 +53,6 @@ async fn validate_address(
 ) -> Result<HttpResponse, ApiError> {
     let check = verify::check(&postal, auth.mode(), &body.value).await;
     Ok(json_response(StatusCode::OK, json_body(&check)))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f).await.map_err(|e| {
-        tracing::error!(error = %e, "a blocking task failed");
-        ApiError::internal()
-    })
 }
 
 /// Send a letter, postcard or parcel.

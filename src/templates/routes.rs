@@ -13,7 +13,9 @@ use super::send::{self, Loaded, PartMask};
 use super::store::{self, Change, SaveError, TemplateChanges};
 use super::{CheckedPart, check_part};
 use crate::AppState;
-use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
+use crate::http::{
+    ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
+};
 use crate::keys::Mode;
 
 /// Registers the templates routes (under `/v1`), documented in the OpenAPI document.
@@ -210,15 +212,6 @@ fn part_sentence(err: &TemplateError) -> String {
     let s = err.to_string();
     let s = s.strip_prefix("the ").unwrap_or(&s).to_owned();
     if s.ends_with('.') { s } else { format!("{s}.") }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f).await.map_err(|e| {
-        tracing::error!(error = %e, "a blocking task failed");
-        ApiError::internal()
-    })
 }
 
 /// Checks the draft's parts off the async threads, then saves it through the writer.
