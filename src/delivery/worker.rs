@@ -118,10 +118,11 @@ impl Worker {
                 let live = self.live.clone();
                 let handle = self.handle.clone();
                 tasks.spawn(async move {
-                    deliver_group(db, config, metrics, live, group).await;
                     // A deferred recipient has a new due time that the worker, asleep until
                     // the lease of this very attempt would expire, does not know about.
-                    handle.wake();
+                    if deliver_group(db, config, metrics, live, group).await {
+                        handle.wake();
+                    }
                     drop(permit);
                 });
             }
@@ -160,15 +161,19 @@ impl Worker {
     }
 }
 
+/// Delivers one group and records the outcomes; true when a recipient was deferred (it has
+/// a new due time).
 async fn deliver_group(
     db: Db,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     live: Arc<LiveTransport>,
     group: Vec<Claimed>,
-) {
+) -> bool {
     let schedule = config.delivery_retry_schedule();
-    let Some(first) = group.first() else { return };
+    let Some(first) = group.first() else {
+        return false;
+    };
     let outcomes: Vec<Outcome> = if first.mode == Mode::Test {
         group
             .into_iter()
@@ -180,11 +185,11 @@ async fn deliver_group(
             Ok(Some((raw, envelope_from))) => live.deliver(&envelope_from, &raw, group).await,
             Ok(None) => {
                 tracing::error!(email_id = %first.email_id, "claimed recipients of a missing email");
-                return;
+                return false;
             }
             Err::<_, StoreError>(e) => {
                 tracing::error!(error = %e, "loading a message failed; its lease will expire and it will be retried");
-                return;
+                return false;
             }
         }
     };
@@ -193,12 +198,15 @@ async fn deliver_group(
         .await;
     match recorded {
         Ok(labels) => {
+            let deferred = labels.contains(&"deferred");
             for label in labels {
                 metrics.delivery(label);
             }
+            deferred
         }
         Err::<_, StoreError>(e) => {
             tracing::error!(error = %e, "recording delivery outcomes failed; the recipients will be retried when their lease expires");
+            false
         }
     }
 }
