@@ -249,19 +249,19 @@ async fn header_injection_is_refused() {
     )
     .await;
     assert_eq!(err["field"], "headers.X-Ref");
-    // Display names: refused with 422, naming the field.
+    // Display names: a header injection is a validation_error (API.md), naming the field.
     for (field, value, code) in [
         (
             "to",
             "Ana\r\nBcc: evil@example.org <ana@example.org>",
-            "invalid_recipient",
+            "validation_error",
         ),
-        ("cc", "Bo\n <bo@example.org>", "invalid_recipient"),
-        ("reply_to", "Help\r\n <help@acme.test>", "invalid_recipient"),
+        ("cc", "Bo\n <bo@example.org>", "validation_error"),
+        ("reply_to", "Help\r\n <help@acme.test>", "validation_error"),
         (
             "from",
             "Acme\r\nBcc: evil@example.org <hello@acme.test>",
-            "invalid_from",
+            "validation_error",
         ),
     ] {
         let mut body = mail();
