@@ -14,6 +14,7 @@ pub mod ops;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
+pub mod webhooks;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -35,6 +36,7 @@ use http::auth::AuthState;
 use http::idempotency::InFlight;
 use ops::metrics::Metrics;
 use store::{Db, StoreError};
+use webhooks::{Dispatcher, WebhooksHandle};
 
 /// What handlers share.
 pub struct AppState {
@@ -45,6 +47,8 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Secret for signed tokens (tracking, unsubscribe, sessions), made on first start.
     pub server_secret: Arc<Vec<u8>>,
+    /// The webhooks' SSRF guard (checks URLs at registration) and dispatcher wake-up.
+    pub webhooks: WebhooksHandle,
 }
 
 /// Why the server could not start.
@@ -61,6 +65,9 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A worker could not be set up (e.g. the DNS resolver).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl StartError {
@@ -136,7 +143,8 @@ pub fn configure_app(cfg: &mut web::ServiceConfig) {
     cfg.configure(ops::routes).service(
         web::scope("/v1")
             .wrap(from_fn(http::auth::require_api_key))
-            .configure(emails::routes::routes),
+            .configure(emails::routes::routes)
+            .configure(webhooks::routes::routes),
     );
 }
 
@@ -147,6 +155,7 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
+    dispatcher: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
     db: Db,
     first_key: Option<FirstKey>,
@@ -187,6 +196,13 @@ impl Application {
                     "recipients from an interrupted run are back in the queue"
                 );
             }
+            let released = db2.write_blocking(webhooks::store::release_all_leases)?;
+            if released > 0 {
+                tracing::info!(
+                    deliveries = released,
+                    "webhook deliveries from an interrupted run are back in the outbox"
+                );
+            }
             Ok((secret, first_key))
         })
         .await
@@ -194,6 +210,16 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let delivery = DeliveryHandle::default();
+        let nameservers: Vec<std::net::SocketAddr> =
+            config.dns.nameservers.iter().map(|n| n.0).collect();
+        let resolver = delivery::mx::build_resolver(&nameservers)
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let webhooks = WebhooksHandle::new(webhooks::target::Guard::new(
+            resolver,
+            config.webhooks.allow_private_targets,
+        ));
+        let dispatcher = Dispatcher::new(db.clone(), &config, webhooks.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?;
         let state = web::Data::new(AppState {
             config: config.clone(),
             db: db.clone(),
@@ -201,6 +227,7 @@ impl Application {
             delivery: delivery.clone(),
             in_flight: InFlight::default(),
             server_secret: Arc::new(secret),
+            webhooks,
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),
@@ -250,6 +277,7 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+        let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
         delivery.wake();
 
@@ -259,6 +287,7 @@ impl Application {
             handle,
             shutdown,
             worker: Some(worker),
+            dispatcher: Some(dispatcher),
             maintenance,
             db,
             first_key,
@@ -293,6 +322,9 @@ impl Application {
         let _ = self.shutdown.send(true);
         if let Some(worker) = self.worker.take() {
             let _ = worker.await;
+        }
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.await;
         }
         self.maintenance.abort();
         let db = self.db.clone();

@@ -7,3 +7,4 @@ mod support;
 
 mod emails;
 mod kernel;
+mod webhooks;

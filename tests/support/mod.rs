@@ -1,5 +1,6 @@
 //! Real peers for the integration tests, in the test process: an SMTP server over TCP and a
-//! DNS server (UDP and TCP).
+//! DNS server (UDP and TCP), and an HTTP server receiving webhook calls.
 
 pub mod dns_server;
 pub mod smtp_server;
+pub mod webhook_receiver;
