@@ -236,6 +236,9 @@ fn claim_round(
 ) -> Result<Claim, StoreError> {
     let endpoints = store::enabled_endpoints(conn)?;
     let mut claim = Claim::default();
+    // Endpoints with free slots and nothing due now: when is their next delivery due?
+    // (Busy endpoints wake the dispatcher themselves when an attempt ends.)
+    let mut waiting = Vec::new();
     for endpoint in endpoints {
         let free = PER_ENDPOINT
             .saturating_sub(busy.get(&endpoint.id).copied().unwrap_or(0))
@@ -244,6 +247,10 @@ fn claim_round(
             continue;
         }
         let jobs = store::claim(conn, &endpoint.id, free, lease)?;
+        if jobs.is_empty() {
+            waiting.push(endpoint.id);
+            continue;
+        }
         global_free -= jobs.len();
         let endpoint = Arc::new(endpoint);
         claim
@@ -254,11 +261,7 @@ fn claim_round(
         }
     }
     if claim.jobs.is_empty() {
-        let ids: Vec<String> = store::enabled_endpoints(conn)?
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
-        claim.next_due_ms = store::next_due_ms(conn, &ids)?;
+        claim.next_due_ms = store::next_due_ms(conn, &waiting)?;
     }
     Ok(claim)
 }

@@ -705,7 +705,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             record_outcomes(&conn, &[failed(3)], &schedule).unwrap(),
-            [id.clone()]
+            std::slice::from_ref(&id)
         );
         let status: String = conn
             .query_row("SELECT status FROM webhooks WHERE id = ?1", [&id], |r| {

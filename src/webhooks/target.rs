@@ -62,7 +62,7 @@ impl WebhookUrl {
         }
         match url.host() {
             None => return Err(TargetError::Malformed("it has no host".into())),
-            Some(Host::Domain(d)) if d.is_empty() => {
+            Some(Host::Domain("")) => {
                 return Err(TargetError::Malformed("it has no host".into()));
             }
             _ => {}
