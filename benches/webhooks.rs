@@ -168,7 +168,9 @@ async fn ingest_batches(server: &Arc<Server>, batches: usize) -> f64 {
         tasks.push(tokio::spawn(async move {
             let mut b = c;
             while b < batches {
-                server.post("/v1/emails/batch", &batch_body(b * BATCH)).await;
+                server
+                    .post("/v1/emails/batch", &batch_body(b * BATCH))
+                    .await;
                 b += clients;
             }
         }));

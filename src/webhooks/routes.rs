@@ -1,7 +1,7 @@
 //! Routes of the webhooks API. Thin: parse into typed values, call the store, map answers.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -17,24 +17,23 @@ const MAX_DESCRIPTION: usize = 500;
 /// Most event types one endpoint lists.
 const MAX_EVENTS: usize = 100;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/webhooks")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .service(
-        web::resource("/webhooks/{id}")
-            .route(web::get().to(get))
-            .route(web::delete().to(delete)),
-    )
-    .service(web::resource("/webhooks/{id}/attempts").route(web::get().to(attempts)));
+/// Registers the webhooks routes (under `/v1`), documented in the OpenAPI document.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_webhook)
+        .service(list_webhooks)
+        .service(get_webhook)
+        .service(delete_webhook)
+        .service(list_attempts);
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/webhooks` body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRequest {
+pub struct CreateRequest {
+    /// An http(s) URL on a public address.
     url: String,
+    /// `email.<event>`, `mail.<status>`, `domain.verified`, `domain.failed`,
+    /// `suppression.added`, or `["*"]` for all.
     events: Vec<String>,
     #[serde(default)]
     description: Option<String>,
@@ -83,8 +82,18 @@ fn parse_events(events: Vec<String>) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
-/// `POST /v1/webhooks`
-async fn create(
+/// Register an endpoint; the answer shows its signing secret, once.
+#[utoipa::path(
+    tag = "webhooks",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created; `secret` is shown only here", body = store::WebhookView),
+        (status = 422, description = "Unknown event type (validation_error) or refused URL (invalid_webhook_url)", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/webhooks")]
+async fn create_webhook(
     state: web::Data<AppState>,
     auth: Authenticated,
     body: ApiJson<CreateRequest>,
@@ -133,8 +142,18 @@ struct PageQuery {
     cursor: Option<String>,
 }
 
-/// `GET /v1/webhooks`
-async fn list(
+/// Endpoints, newest first (no secrets).
+#[utoipa::path(
+    tag = "webhooks",
+    params(
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses((status = 200, description = "`{object: \"list\", data, has_more, next_cursor}`")),
+    security(("api_key" = []))
+)]
+#[get("/webhooks")]
+async fn list_webhooks(
     state: web::Data<AppState>,
     auth: Authenticated,
     query: web::Query<PageQuery>,
@@ -158,8 +177,18 @@ fn no_such(id: &str, auth: &Authenticated) -> ApiError {
     ))
 }
 
-/// `GET /v1/webhooks/:id`
-async fn get(
+/// One endpoint (no secret).
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id (whk_...)")),
+    responses(
+        (status = 200, description = "The endpoint", body = store::WebhookView),
+        (status = 404, description = "No such endpoint in this mode", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[get("/webhooks/{id}")]
+async fn get_webhook(
     state: web::Data<AppState>,
     auth: Authenticated,
     path: web::Path<String>,
@@ -178,8 +207,18 @@ async fn get(
     }
 }
 
-/// `DELETE /v1/webhooks/:id`: the endpoint, its pending deliveries and its attempts.
-async fn delete(
+/// Delete an endpoint with its pending deliveries and its attempts.
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id (whk_...)")),
+    responses(
+        (status = 200, description = "`{id, deleted: true}`"),
+        (status = 404, description = "No such endpoint in this mode", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[delete("/webhooks/{id}")]
+async fn delete_webhook(
     state: web::Data<AppState>,
     auth: Authenticated,
     path: web::Path<String>,
@@ -201,8 +240,23 @@ async fn delete(
     ))
 }
 
-/// `GET /v1/webhooks/:id/attempts`: recent attempts, newest first.
-async fn attempts(
+/// Recent delivery attempts of an endpoint, newest first (kept 7 days): what was sent,
+/// what came back, and what happens next.
+#[utoipa::path(
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The webhook id (whk_...)"),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, description = "`{object: \"list\", data: [attempt], has_more, next_cursor}`"),
+        (status = 404, description = "No such endpoint in this mode", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[get("/webhooks/{id}/attempts")]
+async fn list_attempts(
     state: web::Data<AppState>,
     auth: Authenticated,
     path: web::Path<String>,

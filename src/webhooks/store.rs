@@ -69,7 +69,7 @@ pub fn enqueue_for_event(
 }
 
 /// An endpoint as the API shows it. `secret` only in the answer that creates it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
     pub id: String,
     pub object: &'static str,
@@ -210,7 +210,7 @@ pub fn disable(conn: &Connection, id: &str) -> Result<(), StoreError> {
 }
 
 /// One attempt as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub id: String,
     pub object: &'static str,

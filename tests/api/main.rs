@@ -7,4 +7,5 @@ mod support;
 
 mod emails;
 mod kernel;
+mod openapi;
 mod webhooks;
