@@ -39,29 +39,30 @@ const MAX_BODY: usize = 64 * 1024;
 /// How much of a failing answer's body the attempts log keeps.
 const ERROR_SNIPPET: usize = 200;
 
-/// What the routes and the dispatcher share: the SSRF guard and the wake-up.
+/// What the routes and the dispatcher share: the SSRF guard and the wake-ups.
 #[derive(Clone)]
 pub struct WebhooksHandle {
     pub guard: Arc<Guard>,
-    notify: Arc<Notify>,
+    /// Deliveries were queued (rung on the database writer thread).
+    work: Arc<Notify>,
+    /// A slot freed up or the endpoints changed: worth a claim even when every endpoint
+    /// was busy.
+    capacity: Arc<Notify>,
 }
 
 impl WebhooksHandle {
     pub fn new(guard: Guard) -> WebhooksHandle {
         WebhooksHandle {
             guard: Arc::new(guard),
-            notify: Arc::new(Notify::new()),
+            work: Arc::new(Notify::new()),
+            capacity: Arc::new(Notify::new()),
         }
     }
 
-    /// Tells the dispatcher there may be work (a wake-up is kept if it is busy).
+    /// Tells the dispatcher the endpoints changed (a wake-up is kept if it is busy).
     pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
-    /// The wake-up to install on the database writer thread.
-    pub fn notify(&self) -> Arc<Notify> {
-        self.notify.clone()
+        self.work.notify_one();
+        self.capacity.notify_one();
     }
 }
 
@@ -103,8 +104,9 @@ impl Dispatcher {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let notify = self.handle.notify();
-        let waker = notify.clone();
+        let work = self.handle.work.clone();
+        let capacity = self.handle.capacity.clone();
+        let waker = work.clone();
         if let Err::<_, StoreError>(e) = self
             .db
             .write(move |_| {
@@ -144,7 +146,10 @@ impl Dispatcher {
             let global_free = slots.available_permits();
             let busy = in_flight.lock().map(|m| m.clone()).unwrap_or_default();
             let claimed = if global_free == 0 {
-                Ok(Claim::default())
+                Ok(Claim {
+                    saturated: true,
+                    ..Claim::default()
+                })
             } else {
                 self.db
                     .write(move |c| claim_round(c, &busy, global_free, lease))
@@ -161,6 +166,16 @@ impl Dispatcher {
                     continue;
                 }
             };
+            if claim.saturated {
+                // Every endpoint is at its limit: new events cannot start before a slot
+                // frees up, so only that (or new endpoints) is worth waking for.
+                tokio::select! {
+                    _ = capacity.notified() => {}
+                    _ = tokio::time::sleep(IDLE_SLEEP) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             if claim.jobs.is_empty() {
                 let wait = match claim.next_due_ms {
                     Some(t) => {
@@ -169,7 +184,8 @@ impl Dispatcher {
                     None => IDLE_SLEEP,
                 };
                 tokio::select! {
-                    _ = notify.notified() => {}
+                    _ = work.notified() => {}
+                    _ = capacity.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }
@@ -187,7 +203,7 @@ impl Dispatcher {
                 let timeout = self.timeout;
                 let in_flight = in_flight.clone();
                 let outcomes = outcomes.clone();
-                let notify = notify.clone();
+                let capacity = capacity.clone();
                 tasks.spawn(async move {
                     let outcome = attempt(&client, &guard, timeout, &endpoint, job).await;
                     if let Ok(mut m) = in_flight.lock()
@@ -200,7 +216,7 @@ impl Dispatcher {
                     }
                     let _ = outcomes.send(outcome);
                     drop(permit);
-                    notify.notify_one();
+                    capacity.notify_one();
                 });
             }
         }
@@ -220,11 +236,13 @@ impl Dispatcher {
     }
 }
 
-/// What one claim round found: jobs with their endpoint, or when the next one is due.
+/// What one claim round found: jobs with their endpoint, or when the next one is due, or
+/// that every endpoint is at its limit.
 #[derive(Default)]
 struct Claim {
     jobs: Vec<(Arc<Endpoint>, Claimed)>,
     next_due_ms: Option<i64>,
+    saturated: bool,
 }
 
 /// Claims due deliveries for every enabled endpoint with free slots, within `global_free`.
@@ -239,6 +257,8 @@ fn claim_round(
     // Endpoints with free slots and nothing due now: when is their next delivery due?
     // (Busy endpoints wake the dispatcher themselves when an attempt ends.)
     let mut waiting = Vec::new();
+    let mut any_free = false;
+    let any_endpoint = !endpoints.is_empty();
     for endpoint in endpoints {
         let free = PER_ENDPOINT
             .saturating_sub(busy.get(&endpoint.id).copied().unwrap_or(0))
@@ -246,6 +266,7 @@ fn claim_round(
         if free == 0 {
             continue;
         }
+        any_free = true;
         let jobs = store::claim(conn, &endpoint.id, free, lease)?;
         if jobs.is_empty() {
             waiting.push(endpoint.id);
@@ -261,6 +282,7 @@ fn claim_round(
         }
     }
     if claim.jobs.is_empty() {
+        claim.saturated = any_endpoint && !any_free;
         claim.next_due_ms = store::next_due_ms(conn, &waiting)?;
     }
     Ok(claim)

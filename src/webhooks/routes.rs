@@ -133,6 +133,7 @@ async fn create_webhook(
         .write(move |c| store::create(c, &new))
         .await
         .map_err(ApiError::from)?;
+    state.webhooks.wake();
     Ok(json_response(StatusCode::CREATED, json_body(&view)))
 }
 
