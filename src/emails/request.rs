@@ -134,6 +134,8 @@ pub struct EmailDraft {
     pub scheduled_at: Option<i64>,
     pub track_opens: bool,
     pub track_clicks: bool,
+    /// The stored template the content was rendered from (kept with the email).
+    pub template_id: Option<String>,
 }
 
 impl EmailDraft {
@@ -333,6 +335,7 @@ impl SendRequest {
             scheduled_at,
             track_opens: self.track_opens.unwrap_or(false),
             track_clicks: self.track_clicks.unwrap_or(false),
+            template_id: None,
         })
     }
 }

@@ -124,6 +124,7 @@ impl Dispatcher {
             self.db.clone(),
             outcomes_rx,
             self.schedule.clone(),
+            capacity.clone(),
         ));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut last_prune: Option<Instant> = None;
@@ -288,11 +289,13 @@ fn claim_round(
     Ok(claim)
 }
 
-/// Writes outcomes in batches until the channel closes.
+/// Writes outcomes in batches until the channel closes, then wakes the dispatcher: a retry
+/// may now be due sooner than anything it was waiting for.
 async fn record_loop(
     db: Db,
     mut rx: mpsc::UnboundedReceiver<Outcome>,
     schedule: Arc<Vec<Duration>>,
+    wake: Arc<Notify>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -312,6 +315,7 @@ async fn record_loop(
                 for id in disabled {
                     tracing::warn!(webhook_id = %id, "webhook endpoint disabled");
                 }
+                wake.notify_one();
             }
             Err::<_, StoreError>(e) => {
                 tracing::error!(error = %e, outcomes = n, "recording webhook attempts failed; those deliveries will be retried when their lease ends");

@@ -5,7 +5,12 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod browser;
+mod dashboard;
+mod domains;
 mod emails;
 mod kernel;
+mod mail;
 mod openapi;
+mod templates;
 mod webhooks;
