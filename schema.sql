@@ -257,3 +257,61 @@ CREATE TABLE mail_tracking (
 CREATE INDEX mail_tracking_by_mail ON mail_tracking (mail_id, id);
 CREATE UNIQUE INDEX mail_tracking_vendor_event ON mail_tracking (mail_id, vendor_event_id)
     WHERE vendor_event_id IS NOT NULL;
+
+-- Webhooks: endpoints, their subscriptions, the delivery outbox and recent attempts.
+-- `secret` is kept in clear: every delivery is signed with it (shown once, at creation).
+-- `failing_since` is the time of the first failed attempt since the last success; an
+-- endpoint still failing 5 days later is disabled.
+CREATE TABLE webhooks (
+    id            TEXT PRIMARY KEY,
+    mode          TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    url           TEXT NOT NULL,
+    events_json   TEXT NOT NULL,
+    secret        TEXT NOT NULL,
+    description   TEXT,
+    status        TEXT NOT NULL CHECK (status IN ('enabled', 'disabled')),
+    failing_since INTEGER,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX webhooks_by_mode ON webhooks (mode, id DESC);
+
+-- What each ENABLED endpoint listens to: one row per event type (or '*'). Rows exist only
+-- while the endpoint is enabled, so matching an event is one primary-key range lookup.
+CREATE TABLE webhook_subscriptions (
+    mode       TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    PRIMARY KEY (mode, event_type, webhook_id)
+) STRICT, WITHOUT ROWID;
+
+-- The outbox: one row per (event, endpoint) still to deliver. Written in the transaction
+-- that records the event. A row is due when `next_attempt_ms` has passed; claiming it moves
+-- `next_attempt_ms` to the end of its lease and sets `leased`, so a crash hands it back
+-- (and at start every lease is released: one `serve` owns the database).
+CREATE TABLE webhook_deliveries (
+    id              INTEGER PRIMARY KEY,
+    webhook_id      TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    leased          INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook_id, next_attempt_ms);
+
+-- Recent delivery attempts, so a user can see why an endpoint fails (kept 7 days).
+CREATE TABLE webhook_attempts (
+    id          TEXT PRIMARY KEY,
+    webhook_id  TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    event_type  TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    next_attempt_ms INTEGER,
+    at          INTEGER NOT NULL
+) STRICT;
+CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts (webhook_id, id DESC);

@@ -17,6 +17,7 @@ pub mod postal;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
+pub mod webhooks;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -39,6 +40,7 @@ use http::auth::AuthState;
 use http::idempotency::InFlight;
 use ops::metrics::Metrics;
 use store::{Db, StoreError};
+use webhooks::{Dispatcher, WebhooksHandle};
 
 /// What handlers share.
 pub struct AppState {
@@ -49,6 +51,8 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Secret for signed tokens (tracking, unsubscribe, sessions), made on first start.
     pub server_secret: Arc<Vec<u8>>,
+    /// The webhooks' SSRF guard (checks URLs at registration) and dispatcher wake-up.
+    pub webhooks: WebhooksHandle,
     /// Sending domains: DNS checks, and the From-domain lookup and signing of each send.
     pub domains: Arc<domains::Domains>,
     /// Compiled user templates, shared by sends and previews.
@@ -69,6 +73,9 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A worker could not be set up (e.g. the DNS resolver).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl StartError {
@@ -151,7 +158,8 @@ pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
                 .configure(emails::routes::routes)
                 .configure(domains::routes::routes)
                 .configure(templates::routes::routes)
-                .configure(postal::routes::routes),
+                .configure(postal::routes::routes)
+                .configure(webhooks::routes::routes),
         );
 }
 
@@ -162,6 +170,7 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
+    dispatcher: Option<JoinHandle<()>>,
     postal_worker: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
     domain_checks: JoinHandle<()>,
@@ -204,6 +213,13 @@ impl Application {
                     "recipients from an interrupted run are back in the queue"
                 );
             }
+            let released = db2.write_blocking(webhooks::store::release_all_leases)?;
+            if released > 0 {
+                tracing::info!(
+                    deliveries = released,
+                    "webhook deliveries from an interrupted run are back in the outbox"
+                );
+            }
             Ok((secret, first_key))
         })
         .await
@@ -211,6 +227,16 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let delivery = DeliveryHandle::default();
+        let nameservers: Vec<std::net::SocketAddr> =
+            config.dns.nameservers.iter().map(|n| n.0).collect();
+        let resolver = delivery::mx::build_resolver(&nameservers)
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let webhooks = WebhooksHandle::new(webhooks::target::Guard::new(
+            resolver,
+            config.webhooks.allow_private_targets,
+        ));
+        let dispatcher = Dispatcher::new(db.clone(), &config, webhooks.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?;
         let domains = Arc::new(domains::Domains::new(db.clone(), config.clone()));
         let state = web::Data::new(AppState {
             config: config.clone(),
@@ -221,6 +247,7 @@ impl Application {
             server_secret: Arc::new(secret),
             domains: domains.clone(),
             templates: Arc::new(templates::TemplateCache::default()),
+            webhooks,
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),
@@ -278,6 +305,7 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+        let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
         let domain_checks = tokio::spawn(domains::worker::run(domains, shutdown_rx.clone()));
         let postal_worker = tokio::spawn(
             postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
@@ -295,6 +323,7 @@ impl Application {
             handle,
             shutdown,
             worker: Some(worker),
+            dispatcher: Some(dispatcher),
             postal_worker: Some(postal_worker),
             maintenance,
             domain_checks,
@@ -334,6 +363,9 @@ impl Application {
         }
         if let Some(worker) = self.postal_worker.take() {
             let _ = worker.await;
+        }
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.await;
         }
         self.maintenance.abort();
         let _ = (&mut self.domain_checks).await;

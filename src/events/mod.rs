@@ -85,6 +85,9 @@ pub fn record(conn: &Connection, mode: Mode, event: &NewEvent<'_>) -> Result<Str
         event.data.as_ref().map(|d| d.to_string()),
         time::now()
     ])?;
+    // The outbox: queue the event for the endpoints listening, in this same transaction.
+    let webhook_type = crate::webhooks::webhook_type(event.kind, event.email_id, event.mail_id);
+    crate::webhooks::store::enqueue_for_event(conn, mode, &id, &webhook_type)?;
     Ok(id)
 }
 

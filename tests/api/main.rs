@@ -19,3 +19,4 @@ mod mail;
 mod openapi;
 mod pagination;
 mod templates;
+mod webhooks;

@@ -29,6 +29,11 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/mail/{id}"),
     ("get", "/v1/mail"),
     ("post", "/v1/mail/{id}/cancel"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("get", "/v1/webhooks/{id}"),
+    ("delete", "/v1/webhooks/{id}"),
+    ("get", "/v1/webhooks/{id}/attempts"),
 ];
 
 async fn document(app: &crate::helpers::TestApp) -> Value {
