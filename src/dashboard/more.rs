@@ -1,6 +1,6 @@
 //! Dashboard pages over the other capabilities: sending domains (records to publish, verify,
-//! reputation), templates (list, preview with sample variables) and physical mail (list,
-//! tracking timeline). They read through each capability's store.
+//! reputation), templates (list, preview with sample variables), physical mail (list,
+//! tracking timeline) and webhooks (list, create, recent attempts). They read through each capability's store.
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -15,6 +15,8 @@ use crate::postal::store::{self as mail_store, MailView};
 use crate::store::StoreError;
 use crate::templates::render::CompiledTemplate;
 use crate::templates::store::{self as template_store, TemplateView};
+use crate::webhooks::routes::create_endpoint;
+use crate::webhooks::store::{self as webhook_store, AttemptView, WebhookView};
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.route("/domains", web::get().to(domains))
@@ -23,7 +25,10 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .route("/templates", web::get().to(templates))
         .route("/templates/{id}", web::get().to(template))
         .route("/mail", web::get().to(mail_list))
-        .route("/mail/{id}", web::get().to(mail_piece));
+        .route("/mail/{id}", web::get().to(mail_piece))
+        .route("/webhooks", web::get().to(webhooks))
+        .route("/webhooks", web::post().to(create_webhook))
+        .route("/webhooks/{id}", web::get().to(webhook));
 }
 
 #[derive(Template)]
@@ -245,5 +250,111 @@ async fn mail_piece(
     page(&MailPiecePage {
         layout: Layout::new(&signed, "mail"),
         piece,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/webhooks.html")]
+struct WebhooksPage {
+    layout: Layout,
+    webhooks: Vec<WebhookView>,
+    created: Option<WebhookView>,
+    error: Option<String>,
+}
+
+async fn render_webhooks(
+    state: &AppState,
+    signed: &Signed,
+    created: Option<WebhookView>,
+    error: Option<String>,
+) -> Result<HttpResponse, DashError> {
+    let mode = signed.mode;
+    let page_request = crate::http::PageRequest {
+        limit: 100,
+        before_id: None,
+    };
+    let webhooks = state
+        .db
+        .read(move |c| webhook_store::list(c, mode, &page_request))
+        .await?;
+    page(&WebhooksPage {
+        layout: Layout::new(signed, "webhooks"),
+        webhooks,
+        created,
+        error,
+    })
+}
+
+async fn webhooks(state: web::Data<AppState>, signed: Signed) -> Result<HttpResponse, DashError> {
+    render_webhooks(&state, &signed, None, None).await
+}
+
+#[derive(Deserialize)]
+struct WebhookForm {
+    csrf: Option<String>,
+    url: Option<String>,
+    events: Option<String>,
+    description: Option<String>,
+}
+
+/// Registers an endpoint through the same checks as the API; the secret is shown once.
+async fn create_webhook(
+    state: web::Data<AppState>,
+    signed: Signed,
+    form: web::Form<WebhookForm>,
+) -> Result<HttpResponse, DashError> {
+    check_csrf(&signed, form.csrf.as_deref())?;
+    let events: Vec<String> = form
+        .events
+        .clone()
+        .unwrap_or_else(|| "*".into())
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    let url = form.url.clone().unwrap_or_default();
+    match create_endpoint(&state, signed.mode, &url, events, form.description.clone()).await {
+        Ok(view) => render_webhooks(&state, &signed, Some(view), None).await,
+        Err(e) => render_webhooks(&state, &signed, None, Some(e.message)).await,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/webhook.html")]
+struct WebhookPage {
+    layout: Layout,
+    webhook: WebhookView,
+    attempts: Vec<AttemptView>,
+}
+
+/// An endpoint and its recent attempts: why deliveries fail.
+async fn webhook(
+    state: web::Data<AppState>,
+    signed: Signed,
+    path: web::Path<String>,
+) -> Result<HttpResponse, DashError> {
+    let mode = signed.mode;
+    let id = path.into_inner();
+    let found = state
+        .db
+        .read(move |c| -> Result<_, StoreError> {
+            let Some(webhook) = webhook_store::get(c, mode, &id)? else {
+                return Ok(None);
+            };
+            let page_request = crate::http::PageRequest {
+                limit: 100,
+                before_id: None,
+            };
+            let attempts =
+                webhook_store::list_attempts(c, mode, &id, &page_request)?.unwrap_or_default();
+            Ok(Some((webhook, attempts)))
+        })
+        .await?;
+    let (webhook, attempts) = found.ok_or(DashError::NotFound)?;
+    page(&WebhookPage {
+        layout: Layout::new(&signed, "webhooks"),
+        webhook,
+        attempts,
     })
 }

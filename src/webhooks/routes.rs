@@ -99,10 +99,29 @@ async fn create_webhook(
     body: ApiJson<CreateRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let ApiJson { value, .. } = body;
-    let url = WebhookUrl::parse(&value.url).map_err(invalid_url)?;
-    let events = parse_events(value.events)?;
-    let description = value
-        .description
+    let view = create_endpoint(
+        &state,
+        auth.mode(),
+        &value.url,
+        value.events,
+        value.description,
+    )
+    .await?;
+    Ok(json_response(StatusCode::CREATED, json_body(&view)))
+}
+
+/// Checks and stores a new endpoint (the API route and the dashboard's form): the URL and
+/// its resolved addresses, the event types, the description. The answer carries the secret.
+pub async fn create_endpoint(
+    state: &AppState,
+    mode: crate::keys::Mode,
+    url: &str,
+    events: Vec<String>,
+    description: Option<String>,
+) -> Result<crate::webhooks::store::WebhookView, ApiError> {
+    let url = WebhookUrl::parse(url).map_err(invalid_url)?;
+    let events = parse_events(events)?;
+    let description = description
         .map(|d| d.trim().to_string())
         .filter(|d| !d.is_empty());
     if description
@@ -122,7 +141,7 @@ async fn create_webhook(
         .map_err(invalid_url)?;
     let (_, secret) = SigningKey::generate();
     let new = NewWebhook {
-        mode: auth.mode(),
+        mode,
         url: url.as_str().to_string(),
         events,
         description,
@@ -134,7 +153,7 @@ async fn create_webhook(
         .await
         .map_err(ApiError::from)?;
     state.webhooks.wake();
-    Ok(json_response(StatusCode::CREATED, json_body(&view)))
+    Ok(view)
 }
 
 #[derive(Deserialize)]

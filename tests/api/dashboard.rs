@@ -283,3 +283,66 @@ async fn domain_template_and_mail_pages_render() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn webhook_endpoints_are_added_with_csrf_and_show_their_secret_once() {
+    let app = spawn_app().await;
+    app.create_admin(EMAIL, PASSWORD).await;
+    let client = sign_in(&app).await;
+    let (status, html) = page(&client, &app, "/dashboard/webhooks").await;
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&html);
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("url", "http://127.0.0.1:9/hook"),
+        ("events", "email.delivered, email.bounced"),
+        ("description", "<b>ops</b>"),
+    ];
+    let forged = client
+        .post(app.url("/dashboard/webhooks"))
+        .form(&[("csrf", "x"), ("url", "http://127.0.0.1:9/hook")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let res = client
+        .post(app.url("/dashboard/webhooks"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("whsec_"), "the secret is shown once");
+    let listed: serde_json::Value = app
+        .get("/v1/webhooks", &app.test_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = listed["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        listed["data"][0]["events"],
+        json!(["email.delivered", "email.bounced"])
+    );
+    let (status, detail) = page(&client, &app, &format!("/dashboard/webhooks/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        !detail.contains("whsec_") && !detail.contains("<b>ops</b>"),
+        "no secret, description escaped"
+    );
+    let bad = client
+        .post(app.url("/dashboard/webhooks"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("url", "ftp://example.org/x"),
+            ("events", "*"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        bad.text().await.unwrap().contains("class=\"error\""),
+        "a bad URL is explained on the page"
+    );
+}
