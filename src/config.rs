@@ -84,6 +84,41 @@ pub struct DeliveryConfig {
     pub require_verified_domain: bool,
     pub direct: DirectConfig,
     pub relay: RelayConfig,
+    /// SMTP timeouts and pool limits. Not settable from the file or the environment (the
+    /// defaults suit every deployment we know of); tests shorten them in-process.
+    #[serde(skip)]
+    pub tuning: DeliveryTuning,
+}
+
+/// SMTP timeouts and pool limits of the delivery worker (see `delivery::smtp::SmtpSettings`).
+#[derive(Debug, Clone)]
+pub struct DeliveryTuning {
+    /// TCP connect (each address) and the TLS handshake.
+    pub connect_timeout: Duration,
+    /// Each command's reply, including the greeting.
+    pub command_timeout: Duration,
+    /// Sending the message body and reading the final reply.
+    pub data_timeout: Duration,
+    /// Idle pooled SMTP sessions older than this are closed with QUIT.
+    pub idle_timeout: Duration,
+    /// Messages per SMTP session before it is closed and a fresh one is opened.
+    pub max_messages_per_connection: usize,
+    /// SMTP sessions open at once to one destination (the relay, or one recipient domain /
+    /// MX address in direct mode). Postfix's `default_destination_concurrency_limit`.
+    pub max_sessions_per_destination: usize,
+}
+
+impl Default for DeliveryTuning {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(120),
+            data_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
+            max_messages_per_connection: 1000,
+            max_sessions_per_destination: 20,
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -99,6 +134,7 @@ impl Default for DeliveryConfig {
             require_verified_domain: true,
             direct: DirectConfig::default(),
             relay: RelayConfig::default(),
+            tuning: DeliveryTuning::default(),
         }
     }
 }
@@ -144,6 +180,10 @@ pub struct RelayConfig {
     pub username: String,
     #[serde(deserialize_with = "string_like")]
     pub password: String,
+    /// Accept any relay certificate (self-signed test servers). Tests only: it cannot be
+    /// set from the file or the environment, so a production relay is always verified.
+    #[serde(skip)]
+    pub accept_invalid_certs_for_tests: bool,
 }
 
 impl Default for RelayConfig {
@@ -154,6 +194,7 @@ impl Default for RelayConfig {
             tls: RelayTls::Starttls,
             username: String::new(),
             password: String::new(),
+            accept_invalid_certs_for_tests: false,
         }
     }
 }
@@ -607,6 +648,19 @@ mod tests {
             Duration::from_secs(7200)
         );
         assert!(DurationSetting::parse("soon").is_err());
+    }
+
+    #[test]
+    fn test_only_settings_cannot_be_set_from_a_file() {
+        for toml in [
+            "[delivery.relay]\naccept_invalid_certs_for_tests = true",
+            "[delivery.tuning]\nidle_timeout = \"1s\"",
+        ] {
+            let result: Result<Config, _> = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract();
+            assert!(result.is_err(), "{toml} was accepted");
+        }
     }
 
     #[test]

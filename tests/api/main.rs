@@ -5,5 +5,6 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod delivery;
 mod emails;
 mod kernel;
