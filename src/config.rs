@@ -664,6 +664,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_the_defaults() {
+        let example: Config = Figment::new()
+            .merge(Toml::string(include_str!("../mailsflux.toml.example")))
+            .extract()
+            .expect("mailsflux.toml.example parses with no unknown key");
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(serde_json::to_value(example).unwrap(), defaults);
+    }
+
+    #[test]
     fn env_names() {
         assert_eq!(
             env_name("delivery.relay.port"),

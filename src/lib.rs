@@ -28,6 +28,7 @@ use base64::Engine;
 use rusqlite::OptionalExtension;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use utoipa_actix_web::AppExt;
 
 pub use config::Config;
 use delivery::{DeliveryHandle, Worker};
@@ -131,10 +132,11 @@ pub struct FirstKey {
     pub token: String,
 }
 
-/// Every route of the app. Public routes first; everything under `/v1` requires a key.
-pub fn configure_app(cfg: &mut web::ServiceConfig) {
+/// Every route of the app. Public routes first; everything under `/v1` requires a key. Routes
+/// under `/v1` are registered through utoipa-actix-web, so each one is in the OpenAPI document.
+pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(ops::routes).service(
-        web::scope("/v1")
+        utoipa_actix_web::scope("/v1")
             .wrap(from_fn(http::auth::require_api_key))
             .configure(emails::routes::routes),
     );
@@ -216,7 +218,12 @@ impl Application {
         let port = listener.local_addr()?.port();
         let max_body = config.server.max_body_bytes;
         let server = HttpServer::new(move || {
-            App::new()
+            let (app, api) = App::new()
+                .into_utoipa_app()
+                .openapi(ops::openapi::base())
+                .configure(configure_app)
+                .split_for_parts();
+            app.app_data(web::Data::new(ops::openapi::Document::new(&api)))
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics_data.clone())
@@ -229,7 +236,6 @@ impl Application {
                     http::ApiError::validation(format!("The path is not valid: {err}.")).into()
                 }))
                 .wrap(from_fn(http::kernel))
-                .configure(configure_app)
                 .default_service(web::to(http::not_found))
         })
         .listen(listener)

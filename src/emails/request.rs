@@ -48,7 +48,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 }
 
 /// An attachment as sent: base64 content.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentRequest {
     pub filename: Option<String>,
@@ -58,18 +58,24 @@ pub struct AttachmentRequest {
 }
 
 /// `POST /v1/emails/send` and each item of `/batch`, as JSON.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub from: Option<String>,
+    /// An address or an array of addresses.
+    #[schema(value_type = Option<Object>)]
     pub to: Option<OneOrMany>,
+    #[schema(value_type = Option<Object>)]
     pub cc: Option<OneOrMany>,
+    #[schema(value_type = Option<Object>)]
     pub bcc: Option<OneOrMany>,
+    #[schema(value_type = Option<Object>)]
     pub reply_to: Option<OneOrMany>,
     pub subject: Option<String>,
     pub html: Option<String>,
     pub text: Option<String>,
     pub template_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub variables: Option<Map<String, Value>>,
     pub audience_id: Option<String>,
     #[serde(rename = "type")]

@@ -2,7 +2,7 @@
 //! writer or a reader, map the answer.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -16,12 +16,13 @@ use crate::store::time;
 /// Most items of one batch.
 pub const MAX_BATCH: usize = 1000;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/emails/send").route(web::post().to(send)))
-        .service(web::resource("/emails/batch").route(web::post().to(batch)))
-        .service(web::resource("/emails").route(web::get().to(list)))
-        .service(web::resource("/emails/{id}").route(web::get().to(get)))
-        .service(web::resource("/emails/{id}/cancel").route(web::post().to(cancel)));
+/// Registers the emails routes (under `/v1`), documented in the OpenAPI document.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(send_email)
+        .service(send_batch)
+        .service(list_emails)
+        .service(get_email)
+        .service(cancel_email);
 }
 
 /// Checks what this build cannot resolve yet: references to templates and audiences.
@@ -57,8 +58,19 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// `POST /v1/emails/send`
-async fn send(
+/// Send one email (or an audience send).
+#[utoipa::path(
+    tag = "emails",
+    request_body = SendRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 h")),
+    responses(
+        (status = 200, description = "Accepted and stored", body = Accepted),
+        (status = 422, description = "Invalid request", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/emails/send")]
+async fn send_email(
     state: web::Data<AppState>,
     auth: Authenticated,
     req: HttpRequest,
@@ -113,8 +125,22 @@ struct ItemError {
     field: Option<String>,
 }
 
-/// `POST /v1/emails/batch`
-async fn batch(
+/// Send 1 to 1,000 emails in one request, stored in one transaction.
+#[utoipa::path(
+    tag = "emails",
+    request_body = Vec<SendRequest>,
+    params(
+        ("x-batch-validation" = Option<String>, Header, description = "strict (default) or permissive"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 h"),
+    ),
+    responses(
+        (status = 200, description = "`{data: [{id, status, queued_at}], errors?: [...]}` in input order"),
+        (status = 422, description = "Invalid items, with `details`", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/emails/batch")]
+async fn send_batch(
     state: web::Data<AppState>,
     auth: Authenticated,
     req: HttpRequest,
@@ -229,8 +255,21 @@ struct GetQuery {
     include: Option<String>,
 }
 
-/// `GET /v1/emails/:id`
-async fn get(
+/// One email with its recipients and events; `?include=content` adds html, text and raw.
+#[utoipa::path(
+    tag = "emails",
+    params(
+        ("id" = String, Path, description = "The email id (msg_...)"),
+        ("include" = Option<String>, Query, description = "`content` adds html, text and raw"),
+    ),
+    responses(
+        (status = 200, description = "The email", body = store::EmailView),
+        (status = 404, description = "No such email in this mode", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[get("/emails/{id}")]
+async fn get_email(
     state: web::Data<AppState>,
     auth: Authenticated,
     path: web::Path<String>,
@@ -306,8 +345,22 @@ fn parse_time_filter(name: &str, value: Option<&str>) -> Result<Option<i64>, Api
         .transpose()
 }
 
-/// `GET /v1/emails`
-async fn list(
+/// Emails, newest first, with filters and cursor pagination.
+#[utoipa::path(
+    tag = "emails",
+    params(
+        ("status" = Option<String>, Query), ("type" = Option<String>, Query),
+        ("to" = Option<String>, Query), ("from" = Option<String>, Query),
+        ("tag" = Option<String>, Query, description = "key:value"),
+        ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    responses((status = 200, description = "`{object: \"list\", data, has_more, next_cursor}`")),
+    security(("api_key" = []))
+)]
+#[get("/emails")]
+async fn list_emails(
     state: web::Data<AppState>,
     auth: Authenticated,
     query: web::Query<ListQuery>,
@@ -365,8 +418,18 @@ async fn list(
     Ok(json_response(StatusCode::OK, json_body(&page)))
 }
 
-/// `POST /v1/emails/:id/cancel`
-async fn cancel(
+/// Cancel a scheduled email.
+#[utoipa::path(
+    tag = "emails",
+    params(("id" = String, Path, description = "The email id (msg_...)")),
+    responses(
+        (status = 200, description = "The canceled email", body = store::EmailView),
+        (status = 409, description = "The email is not scheduled", body = crate::ops::openapi::ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/emails/{id}/cancel")]
+async fn cancel_email(
     state: web::Data<AppState>,
     auth: Authenticated,
     path: web::Path<String>,

@@ -37,7 +37,7 @@ pub struct PreparedEmail {
 }
 
 /// What the API answers for an accepted email.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub id: String,
     pub status: &'static str,
@@ -226,7 +226,7 @@ pub fn refresh_status(conn: &Connection, email_id: &str) -> Result<&'static str,
 }
 
 /// One recipient as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecipientView {
     pub email: String,
     pub status: String,
@@ -235,7 +235,7 @@ pub struct RecipientView {
 }
 
 /// The email object of `GET /v1/emails/:id` and of list items.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EmailView {
     pub id: String,
     pub object: &'static str,
@@ -258,8 +258,10 @@ pub struct EmailView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventView>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub html: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub text: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,

@@ -85,7 +85,7 @@ pub fn record(conn: &Connection, mode: Mode, event: &NewEvent<'_>) -> Result<Str
 }
 
 /// An event as the API shows it inside an email.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: String,
     #[serde(rename = "type")]

@@ -96,8 +96,20 @@ fn is_json(headers: &actix_web::http::header::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// The app's fallback: 404 `not_found` for a path no route has.
+/// The app's fallback: 405 when a route has the path but not the method, else 404.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    if req.resource_map().has_resource(req.path()) {
+        return ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} is not allowed on {}. See the API reference for the methods this route accepts.",
+                req.method(),
+                req.path()
+            ),
+        )
+        .error_response();
+    }
     ApiError::not_found(format!(
         "There is no route {} {}. See the API reference for the available routes.",
         req.method(),

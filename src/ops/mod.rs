@@ -1,6 +1,8 @@
-//! Operations: `GET /healthz`, `GET /metrics` (Prometheus text) and the metrics themselves.
+//! Operations: `GET /healthz`, `GET /metrics` (Prometheus text), the metrics themselves and
+//! the OpenAPI document.
 
 pub mod metrics;
+pub mod openapi;
 
 use actix_web::{HttpResponse, web};
 
@@ -43,7 +45,9 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         .body(metrics.encode())
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/healthz").route(web::get().to(healthz)))
-        .service(web::resource("/metrics").route(web::get().to(metrics)));
+/// The public operational routes (no API key).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/openapi.json", web::get().to(openapi::serve));
 }

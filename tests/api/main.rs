@@ -8,3 +8,4 @@ mod support;
 mod delivery;
 mod emails;
 mod kernel;
+mod openapi;
