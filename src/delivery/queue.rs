@@ -133,11 +133,17 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
          WHERE id = ?1",
     )?;
     let mut released: Vec<(String, Mode)> = Vec::new();
+    // Emails whose stored status must change now: scheduled ones (they leave `scheduled`,
+    // which cancel relies on) and those with a suppressed recipient. Queued and deferred
+    // recipients going out leave the email row alone: it holds the message and its bodies,
+    // and SQLite rewrites a whole row on update, so the stored status is refreshed when
+    // the outcome is recorded (the API derives the live status from the recipients).
     let mut touched: Vec<String> = Vec::new();
     let mut claim = Claim::default();
     for row in rows {
         let c = &row.claimed;
-        if !touched.contains(&c.email_id) {
+        let refresh = row.old_status == "scheduled";
+        if refresh && !touched.contains(&c.email_id) {
             touched.push(c.email_id.clone());
         }
         let blocked =
@@ -156,6 +162,9 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
                     .detail(&detail),
             )?;
             claim.suppressed += 1;
+            if !touched.contains(&c.email_id) {
+                touched.push(c.email_id.clone());
+            }
             continue;
         }
         lease.execute(params![c.rcpt_id, lease_until, now])?;
