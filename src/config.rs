@@ -103,9 +103,11 @@ pub struct DeliveryTuning {
     pub idle_timeout: Duration,
     /// Messages per SMTP session before it is closed and a fresh one is opened.
     pub max_messages_per_connection: usize,
-    /// SMTP sessions open at once to one destination (the relay, or one recipient domain /
-    /// MX address in direct mode). Postfix's `default_destination_concurrency_limit`.
-    pub max_sessions_per_destination: usize,
+    /// SMTP sessions open at once to one destination: one recipient domain / MX address in
+    /// direct mode (20, Postfix's `default_destination_concurrency_limit`). The relay is
+    /// the only destination of relay mode, so there the limit is `delivery.concurrency`.
+    /// `Some` overrides both.
+    pub max_sessions_per_destination: Option<usize>,
 }
 
 impl Default for DeliveryTuning {
@@ -116,8 +118,21 @@ impl Default for DeliveryTuning {
             data_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(30),
             max_messages_per_connection: 1000,
-            max_sessions_per_destination: 20,
+            max_sessions_per_destination: None,
         }
+    }
+}
+
+impl DeliveryConfig {
+    /// SMTP sessions open at once to one destination (see
+    /// [`DeliveryTuning::max_sessions_per_destination`]).
+    pub fn sessions_per_destination(&self) -> usize {
+        let limit = match (self.tuning.max_sessions_per_destination, self.mode) {
+            (Some(n), _) => n,
+            (None, DeliveryMode::Relay) => self.concurrency,
+            (None, DeliveryMode::Direct) => 20,
+        };
+        limit.max(1)
     }
 }
 

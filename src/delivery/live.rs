@@ -46,7 +46,7 @@ pub fn smtp_settings(config: &Config) -> SmtpSettings {
         data_timeout: t.data_timeout,
         idle_timeout: t.idle_timeout,
         max_messages_per_connection: t.max_messages_per_connection,
-        max_sessions_per_destination: t.max_sessions_per_destination,
+        max_sessions_per_destination: config.delivery.sessions_per_destination(),
     }
 }
 

@@ -4,9 +4,9 @@
 //! - Woken at once when emails are accepted ([`DeliveryHandle::wake`]); otherwise it sleeps
 //!   until the next recipient is due.
 //! - Limits: `delivery.concurrency` groups at once in all, and at most
-//!   `max_sessions_per_destination` at once per destination (the relay, or one recipient
-//!   domain in direct mode). A group waiting for its destination holds no global slot, so a
-//!   slow domain does not starve the others.
+//!   `DeliveryConfig::sessions_per_destination` per destination (one recipient domain in
+//!   direct mode: 20; the relay: `delivery.concurrency`). A group waiting for its
+//!   destination holds no global slot, so a slow domain does not starve the others.
 //! - Messages of a claim are loaded in one read; outcomes go to one recorder task that
 //!   writes them in batches (one transaction for many groups).
 //! - Shutdown: stops claiming, gives claimed-but-unstarted recipients back to the queue,
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::capture;
@@ -124,15 +124,10 @@ impl Worker {
             recorder: recorder_tx,
         });
         let concurrency = self.config.delivery.concurrency.max(1);
-        let per_dest = self
-            .config
-            .delivery
-            .tuning
-            .max_sessions_per_destination
-            .max(1);
+        let per_dest = self.config.delivery.sessions_per_destination();
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut dests: HashMap<String, Arc<Semaphore>> = HashMap::new();
-        let mut pending: VecDeque<Group> = VecDeque::new();
+        let mut pending = Pending::default();
         let mut tasks: JoinSet<()> = JoinSet::new();
         loop {
             if *shutdown.borrow() {
@@ -176,7 +171,7 @@ impl Worker {
                 continue;
             }
             match self.load(self.group(claim.claimed)).await {
-                Ok(groups) => pending.extend(groups),
+                Ok(groups) => groups.into_iter().for_each(|g| pending.push(g)),
                 Err(ids) => {
                     // Leave them to the next claim rather than to their lease.
                     let _ = self.db.write(move |c| queue::release(c, &ids)).await;
@@ -187,7 +182,7 @@ impl Worker {
 
         // Shutdown: what was claimed but not started goes back to the queue at once.
         let unstarted: Vec<i64> = pending
-            .drain(..)
+            .drain()
             .flat_map(|g| g.recipients.into_iter().map(|c| c.rcpt_id))
             .collect();
         if !unstarted.is_empty() {
@@ -332,47 +327,95 @@ impl Worker {
     }
 }
 
-/// Starts the pending groups that have a global slot and a slot at their destination, in
-/// order; the others stay pending.
+/// Claimed groups waiting to start, queued per destination so that starting one costs
+/// nothing for the groups of a destination that is full.
+#[derive(Default)]
+struct Pending {
+    by_dest: HashMap<String, VecDeque<Group>>,
+    /// Destinations with waiting groups, served in turn.
+    order: VecDeque<String>,
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, group: Group) {
+        let queue = self.by_dest.entry(group.dest.clone()).or_default();
+        if queue.is_empty() {
+            self.order.push_back(group.dest.clone());
+        }
+        queue.push_back(group);
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Group> + '_ {
+        self.order.clear();
+        self.len = 0;
+        self.by_dest.drain().flat_map(|(_, queue)| queue)
+    }
+}
+
+/// Starts waiting groups while there is a global slot, each destination in turn as far as
+/// its own limit allows; the others keep waiting.
 fn dispatch(
-    pending: &mut VecDeque<Group>,
+    pending: &mut Pending,
     slots: &Arc<Semaphore>,
     dests: &mut HashMap<String, Arc<Semaphore>>,
     per_dest: usize,
     tasks: &mut JoinSet<()>,
     shared: &Arc<Shared>,
 ) {
-    let mut waiting = VecDeque::new();
-    while let Some(group) = pending.pop_front() {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            waiting.push_back(group);
-            break;
+    let mut served = VecDeque::with_capacity(pending.order.len());
+    'destinations: while let Some(dest) = pending.order.pop_front() {
+        let Some(queue) = pending.by_dest.get_mut(&dest) else {
+            continue;
         };
-        let dest_slot: Option<OwnedSemaphorePermit> = if group.dest.is_empty() {
-            None
-        } else {
-            let sem = dests
-                .entry(group.dest.clone())
+        // Test mode ("") has no SMTP destination and no limit of its own.
+        let dest_sem = (!dest.is_empty()).then(|| {
+            dests
+                .entry(dest.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(per_dest)))
-                .clone();
-            match sem.try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    waiting.push_back(group);
-                    continue;
-                }
-            }
-        };
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            let outcomes = deliver_group(&shared, group).await;
-            let _ = shared.recorder.send(outcomes);
-            drop(dest_slot);
-            drop(slot);
+                .clone()
         });
+        while !queue.is_empty() {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                served.push_back(dest);
+                break 'destinations;
+            };
+            let dest_slot = match &dest_sem {
+                None => None,
+                Some(sem) => match sem.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                },
+            };
+            let Some(group) = queue.pop_front() else {
+                break;
+            };
+            pending.len -= 1;
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                let outcomes = deliver_group(&shared, group).await;
+                let _ = shared.recorder.send(outcomes);
+                drop(dest_slot);
+                drop(slot);
+            });
+        }
+        if queue.is_empty() {
+            pending.by_dest.remove(&dest);
+        } else {
+            served.push_back(dest);
+        }
     }
-    waiting.append(pending);
-    *pending = waiting;
+    served.append(&mut pending.order);
+    pending.order = served;
     // Forget destinations nobody uses (only the map holds their semaphore).
     dests.retain(|_, sem| Arc::strong_count(sem) > 1);
 }

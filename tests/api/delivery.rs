@@ -393,7 +393,7 @@ async fn implicit_tls_with_auth() {
 async fn one_pooled_session_carries_many_emails() {
     let server = TestSmtpServer::plain().await;
     let app = relay_app(&server, |c| {
-        c.delivery.tuning.max_sessions_per_destination = 1;
+        c.delivery.tuning.max_sessions_per_destination = Some(1);
         c.delivery.tuning.idle_timeout = Duration::from_secs(2);
     })
     .await;
@@ -453,7 +453,7 @@ async fn sessions_per_destination_are_capped() {
     .await;
     let app = relay_app(&server, |c| {
         c.delivery.concurrency = 8;
-        c.delivery.tuning.max_sessions_per_destination = 2;
+        c.delivery.tuning.max_sessions_per_destination = Some(2);
     })
     .await;
     let batch: Vec<Value> = (0..8)
@@ -496,7 +496,7 @@ async fn graceful_stop_finishes_the_session_under_way_and_leaves_the_rest_queued
     })
     .await;
     let mut app = relay_app(&server, |c| {
-        c.delivery.tuning.max_sessions_per_destination = 1;
+        c.delivery.tuning.max_sessions_per_destination = Some(1);
     })
     .await;
     let batch: Vec<Value> = (0..4)
