@@ -54,7 +54,7 @@ impl DeliveryHandle {
 const IDLE_SLEEP: Duration = Duration::from_secs(30);
 /// How long shutdown waits for attempts under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
-/// Groups claimed ahead per free slot: enough to keep every slot busy between claims.
+/// Groups claimed ahead per slot: enough to keep every slot busy between claims.
 const CLAIM_PER_SLOT: usize = 8;
 /// Most recipients per claim transaction.
 const MAX_CLAIM: usize = 1000;
@@ -142,14 +142,17 @@ impl Worker {
                 &mut tasks,
                 &shared,
             );
-            let room = (slots.available_permits() * CLAIM_PER_SLOT)
-                .min(MAX_CLAIM)
-                .saturating_sub(pending.len());
-            if room == 0 {
-                // Every slot is busy, or enough is claimed: wait for a group to finish.
+            // Claim in large batches: when fewer groups wait than there are slots, top the
+            // buffer up to CLAIM_PER_SLOT groups per slot. Small claims (one per finished
+            // group) would make every delivery wait for a claim transaction.
+            if pending.len() >= concurrency {
                 wait_for_task(&mut tasks, &mut shutdown).await;
                 continue;
             }
+            let room = (concurrency * CLAIM_PER_SLOT)
+                .min(MAX_CLAIM)
+                .saturating_sub(pending.len())
+                .max(1);
             let claim = match self.db.write(move |c| queue::claim_due(c, room)).await {
                 Ok(c) => c,
                 Err::<_, StoreError>(e) => {
