@@ -36,8 +36,6 @@ use super::mx::{MxError, MxHost, resolve_mx};
 /// `smtp_proto::EXT_START_TLS` (mail-send does not re-export smtp-proto; the value is part
 /// of smtp-proto's stable 0.x API).
 const EXT_START_TLS: u32 = 1 << 24;
-/// `smtp_proto::EXT_PIPELINING` (RFC 2920).
-const EXT_PIPELINING: u32 = 1 << 19;
 
 /// Addresses tried per direct delivery before giving up (Postfix's
 /// `smtp_mx_address_limit`).
@@ -572,9 +570,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 struct Session {
     client: SmtpClient<Box<dyn Stream>>,
     messages: usize,
-    /// The server offered PIPELINING (RFC 2920): MAIL FROM and the RCPT TOs go in one
-    /// write and their replies are read together, one round trip instead of 1 + N.
-    pipelining: bool,
     _open: OpenGuard,
 }
 
@@ -633,21 +628,14 @@ async fn read_greeting<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// What the server's EHLO answer offers.
-#[derive(Debug, Clone, Copy, Default)]
-struct Caps {
-    starttls: bool,
-    pipelining: bool,
-}
-
 /// Says EHLO (HELO if the server does not know EHLO), authenticates when credentials are
-/// given, and tells what the server offers.
+/// given, and tells whether STARTTLS is offered.
 async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     helo_name: &str,
     credentials: Option<&Credentials<String>>,
     target: &str,
-) -> Result<Caps, SessionError> {
+) -> Result<bool, SessionError> {
     let ehlo = match client.ehlo(helo_name).await {
         Ok(ehlo) => Some(ehlo),
         Err(mail_send::Error::UnexpectedReply(response)) if matches!(response.code, 500 | 502) => {
@@ -680,12 +668,7 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|e| SessionError::from_mail_send(target, Stage::Auth, e))?;
     }
-    Ok(Caps {
-        starttls: ehlo
-            .as_ref()
-            .is_some_and(|e| e.has_capability(EXT_START_TLS)),
-        pipelining: ehlo.is_some_and(|e| e.has_capability(EXT_PIPELINING)),
-    })
+    Ok(ehlo.is_some_and(|e| e.has_capability(EXT_START_TLS)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -995,7 +978,7 @@ impl SmtpPool {
             stream: tcp,
             timeout: settings.connect_timeout,
         };
-        let (client, caps) = match dest.tls {
+        let client = match dest.tls {
             TlsMode::Implicit => {
                 let mut client = boxed(
                     client
@@ -1005,8 +988,8 @@ impl SmtpPool {
                 );
                 client.timeout = settings.command_timeout;
                 read_greeting(&mut client, &target).await?;
-                let caps = hello(&mut client, helo, credentials.as_ref(), &target).await?;
-                (client, caps)
+                hello(&mut client, helo, credentials.as_ref(), &target).await?;
+                client
             }
             mode => {
                 client.timeout = settings.command_timeout;
@@ -1016,14 +999,13 @@ impl SmtpPool {
                     TlsMode::Opportunistic => try_starttls,
                     _ => false,
                 };
-                let caps = hello(
+                let offered = hello(
                     &mut client,
                     helo,
                     credentials.as_ref().filter(|_| !wants_tls),
                     &target,
                 )
                 .await?;
-                let offered = caps.starttls;
                 if mode == TlsMode::StartTls && !offered {
                     return Err(SessionError::StartTlsNotOffered {
                         target: target.clone(),
@@ -1047,22 +1029,20 @@ impl SmtpPool {
                             .map_err(tls_error)?,
                     );
                     client.timeout = settings.command_timeout;
-                    let caps = hello(&mut client, helo, credentials.as_ref(), &target).await?;
-                    (client, caps)
+                    hello(&mut client, helo, credentials.as_ref(), &target).await?;
+                    client
                 } else {
-                    let mut caps = caps;
                     if wants_tls && credentials.is_some() {
                         // Opportunistic TLS was not offered: authenticate in plain text.
-                        caps = hello(&mut client, helo, credentials.as_ref(), &target).await?;
+                        hello(&mut client, helo, credentials.as_ref(), &target).await?;
                     }
-                    (boxed(client), caps)
+                    boxed(client)
                 }
             }
         };
         Ok(Session {
             client,
             messages: 0,
-            pipelining: caps.pipelining,
             _open: OpenGuard::new(&self.inner.open),
         })
     }
@@ -1189,7 +1169,6 @@ async fn transaction(
     recipients: &[String],
     message: &[u8],
 ) -> Result<Vec<RcptResult>, SessionError> {
-    let pipelining = session.pipelining;
     let client = &mut session.client;
     client.timeout = settings.command_timeout;
     let all = |outcome: Outcome| -> Vec<RcptResult> {
@@ -1209,71 +1188,25 @@ async fn transaction(
             "invalid sender address (not sent)",
         ))));
     }
-    // The envelope: MAIL FROM, then RCPT TO for each address that can go on the wire.
-    // With PIPELINING they are written at once and the replies read in order (RFC 2920
-    // §3.1: MAIL and RCPT may be pipelined; DATA waits for their answers below).
-    let wire: Vec<usize> = (0..recipients.len())
-        .filter(|&i| is_wire_safe(&recipients[i]))
-        .collect();
-    let mail_from = format!("MAIL FROM:<{envelope_from}>\r\n");
-    let replies: Vec<Reply> = if pipelining {
-        let mut commands = Vec::with_capacity(1 + wire.len());
-        commands.push(mail_from);
-        commands.extend(
-            wire.iter()
-                .map(|&i| format!("RCPT TO:<{}>\r\n", recipients[i])),
-        );
-        client
-            .cmds(commands)
-            .await
-            .map_err(|e| SessionError::from_mail_send(target, Stage::MailFrom, e))?
-            .into_iter()
-            .map(|response| reply_of!(response))
-            .collect()
-    } else {
-        let response = client
-            .cmd(mail_from)
-            .await
-            .map_err(|e| SessionError::from_mail_send(target, Stage::MailFrom, e))?;
-        let reply = reply_of!(response);
-        let mut replies = vec![reply];
-        if replies[0].is_positive() {
-            for &i in &wire {
-                let response = client
-                    .cmd(format!("RCPT TO:<{}>\r\n", recipients[i]))
-                    .await
-                    .map_err(|e| SessionError::from_mail_send(target, Stage::RcptTo, e))?;
-                replies.push(reply_of!(response));
-            }
-        }
-        replies
-    };
-    let mut replies = replies.into_iter();
-    let Some(mail_reply) = replies.next() else {
-        return Err(SessionError::Protocol {
-            target: target.to_string(),
-            stage: Stage::MailFrom,
-            message: "no reply to MAIL FROM".to_string(),
-        });
-    };
-    if !mail_reply.is_positive() {
-        // Pipelined RCPTs after a refused MAIL were refused too (503); their replies
-        // are already read.
+    let response = client
+        .cmd(format!("MAIL FROM:<{envelope_from}>\r\n"))
+        .await
+        .map_err(|e| SessionError::from_mail_send(target, Stage::MailFrom, e))?;
+    let reply = reply_of!(response);
+    if !reply.is_positive() {
         rset(client, target).await?;
-        return Ok(all(Outcome::from_refusal(mail_reply)));
+        return Ok(all(Outcome::from_refusal(reply)));
     }
 
     let mut results = Vec::with_capacity(recipients.len());
     let mut accepted = Vec::new();
     for (index, recipient) in recipients.iter().enumerate() {
         let outcome = if is_wire_safe(recipient) {
-            let Some(reply) = replies.next() else {
-                return Err(SessionError::Protocol {
-                    target: target.to_string(),
-                    stage: Stage::RcptTo,
-                    message: "missing reply to RCPT TO".to_string(),
-                });
-            };
+            let response = client
+                .cmd(format!("RCPT TO:<{recipient}>\r\n"))
+                .await
+                .map_err(|e| SessionError::from_mail_send(target, Stage::RcptTo, e))?;
+            let reply = reply_of!(response);
             if reply.is_positive() {
                 accepted.push(index);
                 Outcome::Accepted(reply)

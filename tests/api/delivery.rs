@@ -218,52 +218,6 @@ async fn a_refused_recipient_bounces_alone_and_is_suppressed() {
 }
 
 #[tokio::test]
-async fn pipelined_envelopes_give_a_result_per_recipient() {
-    let server = TestSmtpServer::start(SmtpServerOptions {
-        pipelining: true,
-        ..Default::default()
-    })
-    .await;
-    server.fail_rcpt("gone@example.org", 550, "5.1.1 no such user", None);
-    server.fail_rcpt("later@example.org", 451, "4.3.0 try again later", Some(1));
-    let app = relay_app(&server, |_| {}).await;
-    let id = send_live(
-        &app,
-        &live(json!([
-            "ok@example.org",
-            "gone@example.org",
-            "later@example.org"
-        ])),
-    )
-    .await;
-    let e = wait_final(&app, &id).await;
-    assert_eq!(recipient(&e, "ok@example.org")["status"], "sent", "{e}");
-    assert_eq!(recipient(&e, "gone@example.org")["status"], "bounced");
-    let later = recipient(&e, "later@example.org");
-    assert_eq!(later["status"], "sent");
-    assert_eq!(later["attempts"], 2);
-    let mut rcpts: Vec<Vec<String>> = server.messages().into_iter().map(|m| m.rcpt_to).collect();
-    rcpts.sort();
-    assert_eq!(
-        rcpts,
-        [
-            vec!["later@example.org".to_string()],
-            vec!["ok@example.org".to_string()]
-        ]
-    );
-    // Every recipient refused: no DATA, every pipelined reply is read, and the session
-    // stays usable for the next email.
-    server.clear_rules();
-    let body = live(json!(["a@example.org", "b@example.org"]));
-    server.fail_rcpt("*", 550, "5.7.1 relaying denied", Some(2));
-    let id = send_live(&app, &body).await;
-    let e = wait_final(&app, &id).await;
-    assert_eq!(e["status"], "bounced", "{e}");
-    let id = send_live(&app, &live(json!("c@example.org"))).await;
-    assert_eq!(wait_final(&app, &id).await["status"], "sent");
-}
-
-#[tokio::test]
 async fn a_soft_5xx_bounces_without_a_suppression() {
     let server = TestSmtpServer::plain().await;
     server.fail_rcpt("full@example.org", 552, "5.2.2 mailbox full", Some(1));

@@ -52,8 +52,6 @@ pub struct SmtpServerOptions {
     /// second server on another loopback address (127.0.0.2) with the first one's port,
     /// since `delivery.direct.port` is one port for every MX host.
     pub bind: Option<SocketAddr>,
-    /// Advertise PIPELINING (RFC 2920); commands are read line by line either way.
-    pub pipelining: bool,
 }
 
 impl Default for SmtpServerOptions {
@@ -67,7 +65,6 @@ impl Default for SmtpServerOptions {
             data_delay: None,
             broken_starttls: false,
             bind: None,
-            pipelining: false,
         }
     }
 }
@@ -523,9 +520,6 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut lines = vec![options.hostname.clone()];
                 lines.push("8BITMIME".into());
                 lines.push(format!("SIZE {}", options.max_size));
-                if options.pipelining {
-                    lines.push("PIPELINING".into());
-                }
                 if (options.starttls || options.broken_starttls)
                     && !options.implicit_tls
                     && !conn.tls
