@@ -29,8 +29,9 @@ enum Route {
     /// MX lookup per recipient domain.
     Direct {
         /// `Err` holds why the resolver could not be set up (every attempt is deferred
-        /// with that message, so the operator sees it on the email).
-        resolver: Result<TokioResolver, String>,
+        /// with that message, so the operator sees it on the email). Boxed: the resolver
+        /// is large and there is one route per process.
+        resolver: Result<Box<TokioResolver>, String>,
         port: u16,
         starttls: StartTlsPolicy,
     },
@@ -74,7 +75,9 @@ impl LiveTransport {
             }
             DeliveryMode::Direct => {
                 let nameservers: Vec<_> = config.dns.nameservers.iter().map(|n| n.0).collect();
-                let resolver = build_resolver(&nameservers).map_err(|e| e.to_string());
+                let resolver = build_resolver(&nameservers)
+                    .map(Box::new)
+                    .map_err(|e| e.to_string());
                 if let Err(e) = &resolver {
                     tracing::error!(error = %e, "direct delivery cannot resolve MX hosts");
                 }
