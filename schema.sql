@@ -129,3 +129,131 @@ CREATE TABLE suppressions (
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (mode, email_lower)
 ) STRICT;
+
+-- Dashboard: administrators (argon2 password hashes), their sessions (only the SHA-256 of
+-- the session id is kept) and failed sign-ins (for the lock-out).
+CREATE TABLE admins (
+    id            TEXT PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE admin_sessions (
+    id_hash     BLOB PRIMARY KEY,
+    admin_id    TEXT NOT NULL REFERENCES admins (id) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE login_failures (
+    email        TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    first_at     INTEGER NOT NULL,
+    locked_until INTEGER
+) STRICT;
+-- Sending domains (issue #7). One row per domain and mode. The DKIM private key (PKCS#1
+-- DER) never leaves the server; `dkim_public_key` is the base64 SubjectPublicKeyInfo of the
+-- DKIM record's `p=`. The selector is kept per domain so a later change of
+-- `domains.dkim_selector` does not break domains already published. `checks_json` holds the
+-- result of the last DNS check per record; `failing_since` is when a verified domain first
+-- lost a record (temporary_failure turns into failed after the grace period).
+CREATE TABLE domains (
+    id               TEXT PRIMARY KEY,
+    mode             TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    name             TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'verified', 'partially_verified',
+                                                     'failed', 'temporary_failure')),
+    dkim_selector    TEXT NOT NULL,
+    dkim_private_key BLOB NOT NULL,
+    dkim_public_key  TEXT NOT NULL,
+    checks_json      TEXT NOT NULL DEFAULT '{}',
+    created_at       INTEGER NOT NULL,
+    verified_at      INTEGER,
+    last_checked_at  INTEGER,
+    failing_since    INTEGER,
+    UNIQUE (mode, name)
+) STRICT;
+CREATE INDEX domains_by_check ON domains (status, last_checked_at);
+-- Emails by the domain of their From address, for a domain's reputation. The expression
+-- must be written exactly like this in queries for SQLite to use the index.
+CREATE INDEX emails_by_from_domain
+    ON emails (mode, substr(from_address, instr(from_address, '@') + 1), created_at);
+-- Templates (issue #4): user templates, rendered with minijinja (src/templates). `name` is
+-- unique per mode ignoring ASCII case. `layout_id` is the template that wraps this one where
+-- it says `{{ content }}`; layouts are one level deep (a layout has no layout itself), so
+-- there are no cycles. `variables_json` holds, per part, the variables the template itself
+-- reads (`{"subject": [...], "html": [...], "text": [...]}`), found when it was saved; a part
+-- that reads `content` can wrap that part of another template.
+CREATE TABLE templates (
+    id                TEXT PRIMARY KEY,
+    mode              TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    name              TEXT NOT NULL COLLATE NOCASE,
+    subject           TEXT,
+    html              TEXT,
+    text              TEXT,
+    layout_id         TEXT REFERENCES templates (id),
+    variables_json    TEXT NOT NULL,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    UNIQUE (mode, name)
+) STRICT;
+CREATE INDEX templates_by_mode ON templates (mode, id DESC);
+CREATE INDEX templates_by_layout ON templates (layout_id) WHERE layout_id IS NOT NULL;
+
+-- Physical mail (postal). One row per letter, postcard or parcel. `status` is the
+-- vendor-neutral status of API.md; `vendor_status` is the vendor's own word beside it.
+-- The row is also the postal worker's queue: `next_action_at` (Unix milliseconds) says when
+-- the worker next submits, advances or polls the piece (NULL: nothing left to do), and
+-- `lease_until` marks a piece a worker is handling now (cleared at start: one serve per file).
+CREATE TABLE mail_pieces (
+    id                     TEXT PRIMARY KEY,
+    mode                   TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    type                   TEXT NOT NULL CHECK (type IN ('letter', 'postcard', 'parcel')),
+    status                 TEXT NOT NULL,
+    vendor                 TEXT NOT NULL,
+    vendor_id              TEXT,
+    vendor_status          TEXT,
+    vendor_data_json       TEXT NOT NULL DEFAULT '{}',
+    carrier                TEXT,
+    tracking_number        TEXT,
+    expected_delivery_date TEXT,
+    description            TEXT,
+    to_json                TEXT NOT NULL,
+    from_json              TEXT NOT NULL,
+    options_json           TEXT NOT NULL,
+    metadata_json          TEXT NOT NULL,
+    html                   TEXT,
+    front_html             TEXT,
+    back_html              TEXT,
+    pdf                    BLOB,
+    send_date              INTEGER,
+    api_key_id             TEXT,
+    attempts               INTEGER NOT NULL DEFAULT 0,
+    last_error             TEXT,
+    next_action_at         INTEGER,
+    lease_until            INTEGER,
+    created_at             INTEGER NOT NULL,
+    updated_at             INTEGER NOT NULL
+) STRICT;
+CREATE INDEX mail_by_mode ON mail_pieces (mode, id DESC);
+CREATE INDEX mail_by_status ON mail_pieces (mode, status, id DESC);
+CREATE INDEX mail_due ON mail_pieces (next_action_at) WHERE next_action_at IS NOT NULL;
+CREATE UNIQUE INDEX mail_by_vendor_id ON mail_pieces (vendor, vendor_id) WHERE vendor_id IS NOT NULL;
+
+-- The tracking history of a piece, oldest first: one row per status change and per further
+-- scan the vendor reports. `vendor_event_id` makes a webhook or poll seen twice count once.
+CREATE TABLE mail_tracking (
+    id              INTEGER PRIMARY KEY,
+    mail_id         TEXT NOT NULL REFERENCES mail_pieces (id) ON DELETE CASCADE,
+    status          TEXT NOT NULL,
+    vendor_status   TEXT,
+    description     TEXT NOT NULL,
+    location        TEXT,
+    occurred_at     INTEGER NOT NULL,
+    vendor_event_id TEXT
+) STRICT;
+CREATE INDEX mail_tracking_by_mail ON mail_tracking (mail_id, id);
+CREATE UNIQUE INDEX mail_tracking_vendor_event ON mail_tracking (mail_id, vendor_event_id)
+    WHERE vendor_event_id IS NOT NULL;

@@ -228,6 +228,10 @@ pub struct DomainsConfig {
     pub dkim_selector: String,
     /// The SPF value to publish; `{hostname}` stands for `delivery.hostname`.
     pub spf: String,
+    /// Not a setting (no file or environment key): the timings of domain checks, fixed in
+    /// code; tests shorten them.
+    #[serde(skip)]
+    pub timings: DomainTimings,
 }
 
 impl Default for DomainsConfig {
@@ -235,6 +239,29 @@ impl Default for DomainsConfig {
         Self {
             dkim_selector: "mf".into(),
             spf: "v=spf1 a:{hostname} ~all".into(),
+            timings: DomainTimings::default(),
+        }
+    }
+}
+
+/// How often domains are checked again in the background, and how long a domain may stay
+/// unverified (pending, or a verified domain that lost a record) before it is `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainTimings {
+    /// Verified domains: every 6 hours.
+    pub recheck_verified: Duration,
+    /// Pending, partially verified and temporarily failing domains: every 15 minutes.
+    pub recheck_pending: Duration,
+    /// 72 hours, as Resend and Postmark do.
+    pub give_up_after: Duration,
+}
+
+impl Default for DomainTimings {
+    fn default() -> Self {
+        Self {
+            recheck_verified: Duration::from_secs(6 * 3600),
+            recheck_pending: Duration::from_secs(15 * 60),
+            give_up_after: Duration::from_secs(72 * 3600),
         }
     }
 }
@@ -573,6 +600,22 @@ impl Config {
                 "must be longer than 0s".to_string(),
             );
         }
+        // A vendor without its key could only fail every piece: stop the start instead.
+        if self.postal.vendor == PostalVendorName::Lob && self.postal.lob.api_key.is_empty() {
+            return fail(
+                "postal.lob.api_key",
+                "must be set when postal.vendor is \"lob\" (a secret key from Lob's dashboard)"
+                    .to_string(),
+            );
+        }
+        if self.postal.parcel_vendor == ParcelVendorName::Easypost
+            && self.postal.easypost.api_key.is_empty()
+        {
+            return fail(
+                "postal.easypost.api_key",
+                "must be set when postal.parcel_vendor is \"easypost\"".to_string(),
+            );
+        }
         for (name, url) in [
             ("postal.lob.base_url", &self.postal.lob.base_url),
             ("postal.easypost.base_url", &self.postal.easypost.base_url),
@@ -686,6 +729,18 @@ mod tests {
             .expect("mailsflux.toml.example parses with no unknown key");
         let defaults = serde_json::to_value(Config::default()).unwrap();
         assert_eq!(serde_json::to_value(example).unwrap(), defaults);
+    }
+
+    #[test]
+    fn a_remote_postal_vendor_needs_its_key() {
+        let mut c = Config::default();
+        c.postal.vendor = PostalVendorName::Lob;
+        assert!(c.check().unwrap_err().0.contains("postal.lob.api_key"));
+        c.postal.lob.api_key = "live_x".into();
+        c.postal.parcel_vendor = ParcelVendorName::Easypost;
+        assert!(c.check().unwrap_err().0.contains("postal.easypost.api_key"));
+        c.postal.easypost.api_key = "EZAK".into();
+        c.check().unwrap();
     }
 
     #[test]

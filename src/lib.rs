@@ -5,12 +5,15 @@
 
 pub mod address;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
+pub mod domains;
 pub mod emails;
 pub mod events;
 pub mod http;
 pub mod keys;
 pub mod ops;
+pub mod postal;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
@@ -46,6 +49,10 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Secret for signed tokens (tracking, unsubscribe, sessions), made on first start.
     pub server_secret: Arc<Vec<u8>>,
+    /// Sending domains: DNS checks, and the From-domain lookup and signing of each send.
+    pub domains: Arc<domains::Domains>,
+    /// Compiled user templates, shared by sends and previews.
+    pub templates: Arc<templates::TemplateCache>,
 }
 
 /// Why the server could not start.
@@ -135,11 +142,17 @@ pub struct FirstKey {
 /// Every route of the app. Public routes first; everything under `/v1` requires a key. Routes
 /// under `/v1` are registered through utoipa-actix-web, so each one is in the OpenAPI document.
 pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.configure(ops::routes).service(
-        utoipa_actix_web::scope("/v1")
-            .wrap(from_fn(http::auth::require_api_key))
-            .configure(emails::routes::routes),
-    );
+    cfg.configure(ops::routes)
+        .configure(dashboard::routes)
+        .configure(postal::routes::public_routes)
+        .service(
+            utoipa_actix_web::scope("/v1")
+                .wrap(from_fn(http::auth::require_api_key))
+                .configure(emails::routes::routes)
+                .configure(domains::routes::routes)
+                .configure(templates::routes::routes)
+                .configure(postal::routes::routes),
+        );
 }
 
 /// A running server and its workers.
@@ -149,7 +162,9 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
+    postal_worker: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
+    domain_checks: JoinHandle<()>,
     db: Db,
     first_key: Option<FirstKey>,
     _lock: InstanceLock,
@@ -196,6 +211,7 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let delivery = DeliveryHandle::default();
+        let domains = Arc::new(domains::Domains::new(db.clone(), config.clone()));
         let state = web::Data::new(AppState {
             config: config.clone(),
             db: db.clone(),
@@ -203,12 +219,17 @@ impl Application {
             delivery: delivery.clone(),
             in_flight: InFlight::default(),
             server_secret: Arc::new(secret),
+            domains: domains.clone(),
+            templates: Arc::new(templates::TemplateCache::default()),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),
             config.limits.requests_per_second,
         ));
+        let auth_for_maintenance = auth.clone();
         let metrics_data = web::Data::from(metrics.clone());
+        let postal = postal::PostalHandle::new(&config);
+        let postal_data = web::Data::new(postal.clone());
 
         let listener =
             TcpListener::bind(config.server.listen).map_err(|source| StartError::Listen {
@@ -227,6 +248,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(metrics_data.clone())
+                .app_data(postal_data.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::QueryConfig::default().error_handler(|err, _| {
                     http::ApiError::validation(format!("The query string is not valid: {err}."))
@@ -256,7 +278,15 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
-        let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
+        let domain_checks = tokio::spawn(domains::worker::run(domains, shutdown_rx.clone()));
+        let postal_worker = tokio::spawn(
+            postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
+        );
+        let maintenance = tokio::spawn(maintenance_loop(
+            db.clone(),
+            auth_for_maintenance,
+            shutdown_rx,
+        ));
         delivery.wake();
 
         Ok(Application {
@@ -265,7 +295,9 @@ impl Application {
             handle,
             shutdown,
             worker: Some(worker),
+            postal_worker: Some(postal_worker),
             maintenance,
+            domain_checks,
             db,
             first_key,
             _lock: lock,
@@ -300,18 +332,25 @@ impl Application {
         if let Some(worker) = self.worker.take() {
             let _ = worker.await;
         }
+        if let Some(worker) = self.postal_worker.take() {
+            let _ = worker.await;
+        }
         self.maintenance.abort();
+        let _ = (&mut self.domain_checks).await;
         let db = self.db.clone();
         let _ = tokio::task::spawn_blocking(move || db.close()).await;
     }
 }
 
-/// Periodic housekeeping: expired idempotency answers.
-async fn maintenance_loop(db: Db, mut shutdown: watch::Receiver<bool>) {
+/// Periodic housekeeping: expired idempotency answers, rate-limit state of idle keys.
+async fn maintenance_loop(db: Db, auth: web::Data<AuthState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
+        }
+        if let Some(limiter) = &auth.limiter {
+            limiter.retain_recent();
         }
         match db.write(http::idempotency::purge_expired).await {
             Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),

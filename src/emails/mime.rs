@@ -4,8 +4,10 @@
 
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::text::Text;
+use mail_builder::mime::MimePart;
 
 use super::request::EmailDraft;
 use crate::address::Mailbox;
@@ -76,6 +78,17 @@ pub fn build(
     }
     for a in &draft.attachments {
         builder = match &a.content_id {
+            // mail-builder's `inline` drops the file name; keep it, so clients that save the
+            // image (or show it as an attachment) get the name the sender gave.
+            Some(cid) if !a.filename.is_empty() => {
+                let disposition =
+                    ContentType::new("inline").attribute("filename", a.filename.clone());
+                let part = MimePart::new(a.content_type.clone(), a.content.clone())
+                    .header("Content-Disposition", disposition)
+                    .cid(cid.clone());
+                builder.attachments.get_or_insert_with(Vec::new).push(part);
+                builder
+            }
             Some(cid) => builder.inline(a.content_type.clone(), cid.clone(), a.content.clone()),
             None => builder.attachment(
                 a.content_type.clone(),
@@ -91,6 +104,7 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::emails::request::SendRequest;
+    use mail_parser::MimeHeaders;
 
     fn draft(json: &str) -> EmailDraft {
         serde_json::from_str::<SendRequest>(json)
@@ -132,5 +146,10 @@ mod tests {
         let text = String::from_utf8_lossy(&raw);
         assert!(text.contains("application/pdf"));
         assert!(text.contains("Content-ID: <logo>"));
+        let logo = parsed
+            .attachments()
+            .find(|p| p.content_id() == Some("logo"))
+            .unwrap();
+        assert_eq!(logo.attachment_name(), Some("logo.png"));
     }
 }

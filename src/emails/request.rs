@@ -134,6 +134,8 @@ pub struct EmailDraft {
     pub scheduled_at: Option<i64>,
     pub track_opens: bool,
     pub track_clicks: bool,
+    /// The stored template the content was rendered from (kept with the email).
+    pub template_id: Option<String>,
 }
 
 impl EmailDraft {
@@ -177,16 +179,31 @@ fn recipient_error(field: String, why: impl fmt::Display) -> ApiError {
     .with_field(field)
 }
 
+/// A line break in an address field is a header injection attempt: API.md answers it with
+/// `validation_error`, like CR/LF in the subject or a custom header.
+fn no_line_break(field: &str, value: &str) -> Result<(), ApiError> {
+    if has_line_break(value) {
+        return Err(ApiError::validation(format!(
+            "The '{field}' field may not contain line breaks (CR or LF)."
+        ))
+        .with_field(field));
+    }
+    Ok(())
+}
+
+fn parse_one(field: String, s: &str) -> Result<Mailbox, ApiError> {
+    no_line_break(&field, s)?;
+    Mailbox::parse(s).map_err(|e| recipient_error(field, e))
+}
+
 fn parse_list(name: &str, value: Option<&OneOrMany>) -> Result<Vec<Mailbox>, ApiError> {
     match value {
         None => Ok(Vec::new()),
-        Some(OneOrMany::One(s)) => Mailbox::parse(s)
-            .map(|m| vec![m])
-            .map_err(|e| recipient_error(name.to_string(), e)),
+        Some(OneOrMany::One(s)) => parse_one(name.to_string(), s).map(|m| vec![m]),
         Some(OneOrMany::Many(items)) => items
             .iter()
             .enumerate()
-            .map(|(i, s)| Mailbox::parse(s).map_err(|e| recipient_error(format!("{name}[{i}]"), e)))
+            .map(|(i, s)| parse_one(format!("{name}[{i}]"), s))
             .collect(),
     }
 }
@@ -204,7 +221,7 @@ impl SendRequest {
                 )
                 .with_field("from"));
             }
-            Some(s) => Mailbox::parse(s).map_err(|e| {
+            Some(s) => Mailbox::parse(no_line_break("from", s).map(|()| s)?).map_err(|e| {
                 ApiError::new(
                     actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_from",
@@ -333,6 +350,7 @@ impl SendRequest {
             scheduled_at,
             track_opens: self.track_opens.unwrap_or(false),
             track_clicks: self.track_clicks.unwrap_or(false),
+            template_id: None,
         })
     }
 }

@@ -10,8 +10,11 @@ use super::request::SendRequest;
 use super::store::{self, Accepted, CancelOutcome, ListFilter, PreparedEmail};
 use crate::AppState;
 use crate::http::idempotency::{self, Begin};
-use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
+use crate::http::{
+    ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
+};
 use crate::store::time;
+use crate::templates::send::SendRenderer;
 
 /// Most items of one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -25,14 +28,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(cancel_email);
 }
 
-/// Checks what this build cannot resolve yet: references to templates and audiences.
+/// Checks what this build cannot resolve yet: references to audiences.
 fn check_references(r: &SendRequest) -> Result<(), ApiError> {
-    if let Some(t) = &r.template_id {
-        return Err(
-            ApiError::validation(format!("The template '{t}' does not exist."))
-                .with_field("template_id"),
-        );
-    }
     if let Some(a) = &r.audience_id {
         return Err(
             ApiError::validation(format!("The audience '{a}' does not exist."))
@@ -42,20 +39,23 @@ fn check_references(r: &SendRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses and prepares one send request (CPU work: called off the async threads).
-fn prepare_one(auth: &Authenticated, request: SendRequest) -> Result<PreparedEmail, ApiError> {
+/// Parses and prepares one send request: renders its template, if it names one, and builds
+/// and signs the message. Reads the database and does CPU work: call it off the async threads.
+fn prepare_one(
+    state: &AppState,
+    auth: &Authenticated,
+    templates: &mut SendRenderer,
+    request: SendRequest,
+) -> Result<PreparedEmail, ApiError> {
     check_references(&request)?;
-    let draft = request.into_draft(false)?;
-    super::prepare(auth.mode(), auth.key_id(), draft)
+    let applied = templates.apply(request)?;
+    let mut draft = applied.request.into_draft(false)?;
+    draft.template_id = applied.template_id;
+    super::prepare(auth.mode(), auth.key_id(), draft, &state.domains.senders)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f).await.map_err(|e| {
-        tracing::error!(error = %e, "a blocking task failed");
-        ApiError::internal()
-    })
+fn renderer(state: &AppState, auth: &Authenticated) -> SendRenderer {
+    SendRenderer::new(state.db.clone(), state.templates.clone(), auth.mode())
 }
 
 /// Send one email (or an audience send).
@@ -91,12 +91,12 @@ async fn send_email(
         Begin::NoKey => None,
     };
     let ApiJson { value, .. } = body;
-    let prepared = if value.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
-        let auth = auth.clone();
-        blocking(move || prepare_one(&auth, value)).await??
-    } else {
-        prepare_one(&auth, value)?
-    };
+    // Always off the async threads: preparing renders templates, reads the sending domain
+    // and signs.
+    let auth2 = auth.clone();
+    let state2 = state.clone();
+    let mut templates = renderer(&state, &auth);
+    let prepared = blocking(move || prepare_one(&state2, &auth2, &mut templates, value)).await??;
     let record = claim.as_ref().map(|c| c.record());
     let (accepted, bytes) = state
         .db
@@ -182,6 +182,8 @@ async fn send_batch(
     };
     let ApiJson { value: items, .. } = body;
     let auth2 = auth.clone();
+    let state2 = state.clone();
+    let mut templates = renderer(&state, &auth);
     let (prepared, errors) = blocking(move || {
         let mut prepared = Vec::with_capacity(items.len());
         let mut errors = Vec::new();
@@ -193,7 +195,7 @@ async fn send_batch(
                     )
                     .with_field("audience_id"));
                 }
-                prepare_one(&auth2, r)
+                prepare_one(&state2, &auth2, &mut templates, r)
             });
             match result {
                 Ok(p) => prepared.push(p),
@@ -214,6 +216,17 @@ async fn send_batch(
             .iter()
             .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
             .collect();
+        // Every item refused for its unverified sending domain: the 403 of a single send.
+        if errors.iter().all(|e| e.code == "domain_not_verified") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "domain_not_verified",
+                format!(
+                    "{n} item(s) of the batch are sent from a domain that is not verified, so nothing was stored. See 'details'; verify the domain (POST /v1/domains, publish its DNS records, GET /v1/domains/{{id}}/verify) and retry."
+                ),
+            )
+            .with_details(details));
+        }
         return Err(ApiError::validation(format!(
             "{n} item(s) of the batch are invalid, so nothing was stored. See 'details'; fix them or send the header 'x-batch-validation: permissive' to accept the valid ones."
         ))
@@ -268,7 +281,7 @@ struct GetQuery {
     ),
     security(("api_key" = []))
 )]
-#[get("/emails/{id}")]
+#[get("/emails/{id:msg_[0-9A-Za-z]+}")]
 async fn get_email(
     state: web::Data<AppState>,
     auth: Authenticated,
@@ -428,7 +441,7 @@ async fn list_emails(
     ),
     security(("api_key" = []))
 )]
-#[post("/emails/{id}/cancel")]
+#[post("/emails/{id:msg_[0-9A-Za-z]+}/cancel")]
 async fn cancel_email(
     state: web::Data<AppState>,
     auth: Authenticated,

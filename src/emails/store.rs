@@ -85,9 +85,9 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
             subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json, html, text,
             raw, message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
-            scheduled_at)
+            scheduled_at, template_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24)",
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
     )?
     .execute(params![
         e.id,
@@ -113,7 +113,8 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         e.api_key_id,
         e.created_at,
         e.created_at,
-        d.scheduled_at
+        d.scheduled_at,
+        d.template_id
     ])?;
     let mut insert_rcpt = conn.prepare_cached(
         "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
@@ -253,6 +254,8 @@ pub struct EmailView {
     pub created_at: String,
     pub queued_at: Option<String>,
     pub scheduled_at: Option<String>,
+    /// The template the content was rendered from, if any.
+    pub template_id: Option<String>,
     pub recipients: Vec<RecipientView>,
     pub recipient_counts: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,7 +272,7 @@ pub struct EmailView {
 
 const EMAIL_COLUMNS: &str =
     "id, status, type, from_header, to_json, cc_json, bcc_json, reply_to_json,
-    subject, tags_json, message_id, created_at, queued_at, scheduled_at";
+    subject, tags_json, message_id, created_at, queued_at, scheduled_at, template_id";
 
 fn strings(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
@@ -293,6 +296,7 @@ fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailView> {
         created_at: time::format(r.get(11)?),
         queued_at: r.get::<_, Option<i64>>(12)?.map(time::format),
         scheduled_at: r.get::<_, Option<i64>>(13)?.map(time::format),
+        template_id: r.get(14)?,
         recipients: Vec::new(),
         recipient_counts: BTreeMap::new(),
         events: None,

@@ -25,6 +25,10 @@ pub mod email {
 
 /// Event types that are not about an email or a mail piece.
 pub const SUPPRESSION_ADDED: &str = "suppression.added";
+/// A sending domain became verified (data: `{domain_id, name}`).
+pub const DOMAIN_VERIFIED: &str = "domain.verified";
+/// A sending domain failed verification for good (data: `{domain_id, name}`).
+pub const DOMAIN_FAILED: &str = "domain.failed";
 
 /// An event to record.
 #[derive(Debug, Clone, Default)]

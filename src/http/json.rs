@@ -60,8 +60,18 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(de).map_err(describe)?;
-    Ok(value)
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // serde stops at the first wrong type, before it reaches a syntax error further on
+        // (`[1, 2` is a type error at `[0]` for a struct): broken JSON is a 400, whatever
+        // its shape. Only the error path pays for this second look.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) if !syntax.is_data() => ApiError::invalid_json(format!(
+                "The request body is not valid JSON: {}. Check quotes, commas and brackets.",
+                strip_position(&syntax.to_string())
+            )),
+            _ => describe(e),
+        }
+    })
 }
 
 /// Parses an already-decoded JSON value as `T` (batch items), with the same errors as
@@ -204,6 +214,11 @@ mod tests {
         let e = parse::<Outer>(b"{nope").unwrap_err();
         assert_eq!(e.code, "invalid_json");
         let e = parse::<Outer>(b"").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        // Broken JSON is a 400 even where its first value already has the wrong type.
+        let e = parse::<Outer>(b"[1, 2").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse::<Outer>(br#"{"subject": 5,"#).unwrap_err();
         assert_eq!(e.code, "invalid_json");
     }
 }

@@ -54,7 +54,7 @@ pub async fn kernel(
             return Err(err);
         }
     };
-    if res.status().as_u16() >= 400 && !is_json(res.response().headers()) {
+    if res.status().as_u16() >= 400 && !is_json_or_html(res.response().headers()) {
         let status = res.status();
         let (code, message) = error::code_for_status(status);
         let err = ApiError::new(status, code, message);
@@ -89,11 +89,13 @@ pub async fn kernel(
     Ok(res)
 }
 
-fn is_json(headers: &actix_web::http::header::HeaderMap) -> bool {
+/// Our own answers: JSON envelopes of the API, and the HTML pages of the dashboard and the
+/// public unsubscribe/tracking routes.
+fn is_json_or_html(headers: &actix_web::http::header::HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"))
 }
 
 /// The app's fallback: 405 when a route has the path but not the method, else 404.
@@ -116,6 +118,17 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
         req.path()
     ))
     .error_response()
+}
+
+/// Runs CPU or blocking work (parsing large bodies, rendering, signing) off the async
+/// threads; a failed task is a 500.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a blocking task failed");
+        ApiError::internal()
+    })
 }
 
 /// The JSON body of a successful answer.

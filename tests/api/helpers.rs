@@ -208,6 +208,22 @@ impl TestApp {
         .await
     }
 
+    /// Makes a dashboard administrator, like `mailsflux admin create`.
+    pub async fn create_admin(&self, email: &'static str, password: &'static str) {
+        let config = self.config.database.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = Db::open(&config).unwrap();
+            let hash = mailsflux::dashboard::session::hash_password(password).unwrap();
+            db.write_blocking(move |c| {
+                mailsflux::dashboard::session::create_admin(c, email, &hash)
+            })
+            .unwrap();
+            db.close();
+        })
+        .await
+        .unwrap();
+    }
+
     pub async fn restart(self) -> TestApp {
         self.restart_with(|_| {}).await
     }

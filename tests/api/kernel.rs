@@ -116,3 +116,305 @@ async fn every_response_has_a_request_id() {
     let res = app.get("/v1/nope", &app.test_key).await;
     assert!(res.headers().contains_key("x-request-id"));
 }
+
+/// Every `/v1` route of the emails API, with a method it answers.
+const V1_ROUTES: [(&str, &str); 5] = [
+    ("POST", "/v1/emails/send"),
+    ("POST", "/v1/emails/batch"),
+    ("GET", "/v1/emails"),
+    ("GET", "/v1/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF"),
+    ("POST", "/v1/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF/cancel"),
+];
+
+#[tokio::test]
+async fn every_v1_route_refuses_a_missing_or_bad_key() {
+    let app = spawn_app().await;
+    for (method, path) in V1_ROUTES {
+        let method: reqwest::Method = method.parse().unwrap();
+        let res = app
+            .request(method.clone(), path, None)
+            .json(&mail())
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "missing_api_key").await;
+        let res = app
+            .request(method.clone(), path, None)
+            .header("authorization", format!("Basic {}", app.test_key))
+            .json(&mail())
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "missing_api_key").await;
+        let res = app
+            .request(method.clone(), path, Some("mf_test_sk_short"))
+            .json(&mail())
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "invalid_api_key").await;
+        // A well-formed key of the wrong mode prefix is not the key.
+        let swapped = app.test_key.replacen("mf_test_", "mf_live_", 1);
+        let res = app
+            .request(method, path, Some(&swapped))
+            .json(&mail())
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "invalid_api_key").await;
+    }
+    // Unknown routes under /v1 need a key too, then are 404.
+    assert_error(
+        app.request(reqwest::Method::GET, "/v1/nothing", None)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "missing_api_key",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_methods_and_unknown_routes_are_json() {
+    let app = spawn_app().await;
+    let key = app.test_key.clone();
+    for (method, path) in [
+        ("GET", "/v1/emails/send"),
+        ("PUT", "/v1/emails/batch"),
+        ("DELETE", "/v1/emails"),
+        ("PATCH", "/v1/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF"),
+        ("GET", "/v1/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF/cancel"),
+        ("POST", "/healthz"),
+    ] {
+        let res = app
+            .request(method.parse().unwrap(), path, Some(&key))
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 405, "method_not_allowed").await;
+    }
+    for path in ["/v1/emails/x/y/z", "/v2/emails", "/", "/favicon.ico"] {
+        let res = app.get(path, &key).await;
+        let err = assert_error(res, 404, "not_found").await;
+        assert!(err["message"].as_str().unwrap().len() > 8, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_checked_before_anything_is_stored() {
+    let app = spawn_app().await;
+    let key = app.test_key.clone();
+    let send = |ct: Option<&'static str>, body: &'static str| {
+        let mut rb = app
+            .request(reqwest::Method::POST, "/v1/emails/send", Some(&key))
+            .body(body);
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
+        }
+        rb.send()
+    };
+    assert_error(
+        send(Some("application/x-www-form-urlencoded"), "from=a")
+            .await
+            .unwrap(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_error(
+        send(Some("text/html"), "<p>").await.unwrap(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_error(
+        send(Some("application/json"), "").await.unwrap(),
+        400,
+        "invalid_json",
+    )
+    .await;
+    assert_error(
+        send(Some("application/json"), "[1, 2").await.unwrap(),
+        400,
+        "invalid_json",
+    )
+    .await;
+    assert_error(
+        send(Some("application/json"), "{\"from\": \"a@b.org\",}")
+            .await
+            .unwrap(),
+        400,
+        "invalid_json",
+    )
+    .await;
+    // JSON with a charset parameter is JSON.
+    let ok = send(
+        Some("application/json; charset=utf-8"),
+        r#"{"from":"a@acme.test","to":"b@example.org","subject":"s","text":"t"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+    // Wrong types name the field, down into arrays and objects.
+    for (body, field) in [
+        (
+            json!({"from": "a@acme.test", "to": 5, "subject": "s", "text": "t"}),
+            "to",
+        ),
+        (
+            json!({"from": "a@acme.test", "to": ["b@example.org", 7], "subject": "s", "text": "t"}),
+            "to[1]",
+        ),
+        (
+            json!({"from": ["a@acme.test"], "to": "b@example.org", "subject": "s", "text": "t"}),
+            "from",
+        ),
+        (
+            json!({"from": "a@acme.test", "to": "b@example.org", "subject": "s", "text": "t", "tags": {"a": 1}}),
+            "tags.a",
+        ),
+        (
+            json!({"from": "a@acme.test", "to": "b@example.org", "subject": "s", "text": "t", "track_opens": "yes"}),
+            "track_opens",
+        ),
+        (
+            json!({"from": "a@acme.test", "to": "b@example.org", "subject": "s", "text": "t",
+                   "attachments": [{"filename": "a.txt", "content": 12}]}),
+            "attachments[0].content",
+        ),
+    ] {
+        let err = assert_error(
+            app.post("/v1/emails/send", &key, &body).await,
+            422,
+            "validation_error",
+        )
+        .await;
+        assert_eq!(err["field"], field, "{body}");
+    }
+    // Unknown fields are named, also nested.
+    for (body, field) in [
+        (
+            json!({"from": "a@acme.test", "to": "b@example.org", "subject": "s", "text": "t", "bcc_list": []}),
+            "bcc_list",
+        ),
+        (
+            json!({"from": "a@acme.test", "to": "b@example.org", "subject": "s", "text": "t",
+                   "attachments": [{"filename": "a.txt", "content": "YQ==", "mime": "x"}]}),
+            "attachments[0].mime",
+        ),
+    ] {
+        let err = assert_error(
+            app.post("/v1/emails/send", &key, &body).await,
+            422,
+            "validation_error",
+        )
+        .await;
+        assert_eq!(err["field"], field);
+        assert!(err["message"].as_str().unwrap().contains(field));
+    }
+    assert_error(
+        app.post("/v1/emails/send", &key, &json!([1, 2])).await,
+        422,
+        "validation_error",
+    )
+    .await;
+    assert_error(
+        app.post("/v1/emails/send", &key, &json!("a string")).await,
+        422,
+        "validation_error",
+    )
+    .await;
+    let page: serde_json::Value = app.get("/v1/emails", &key).await.json().await.unwrap();
+    assert_eq!(
+        page["data"].as_array().unwrap().len(),
+        1,
+        "only the valid send was stored"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_on_every_body_route() {
+    let app = crate::helpers::spawn_app_with(|c| c.server.max_body_bytes = 16 * 1024).await;
+    let mut big = mail();
+    big["html"] = json!(format!("<p>{}</p>", "y".repeat(20 * 1024)));
+    assert_error(
+        app.post("/v1/emails/batch", &app.test_key, &json!([big.clone()]))
+            .await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+    // Just under the limit is fine.
+    let mut ok = mail();
+    ok["html"] = json!("z".repeat(12 * 1024));
+    assert_eq!(
+        app.post("/v1/emails/send", &app.test_key, &ok)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_accepted_emails() {
+    let app = spawn_app().await;
+    app.send(&mail()).await;
+    app.send(&mail()).await;
+    let mut bad = mail();
+    bad["to"] = json!("nope");
+    app.post("/v1/emails/send", &app.test_key, &bad).await;
+    let mut later = mail();
+    later["scheduled_at"] = json!("2099-01-01T00:00:00Z");
+    app.send(&later).await;
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text") || ct.starts_with("text/plain"));
+    let text = res.text().await.unwrap();
+    let value = |prefix: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        value(
+            "mailsflux_http_requests_total{",
+            &[
+                "route=\"/v1/emails/send\"",
+                "method=\"POST\"",
+                "status=\"200\""
+            ]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "mailsflux_http_requests_total{",
+            &["route=\"/v1/emails/send\"", "status=\"422\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("mailsflux_emails_accepted_total{", &["status=\"queued\""]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "mailsflux_emails_accepted_total{",
+            &["status=\"scheduled\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(text.contains("mailsflux_queue_depth"), "{text}");
+    assert!(
+        text.contains("mailsflux_http_request_duration_seconds"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+}

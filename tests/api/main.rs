@@ -5,7 +5,18 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
+mod browser;
+mod cli;
+mod content;
+mod dashboard;
 mod delivery;
+mod domains;
 mod emails;
+mod idempotency;
 mod kernel;
+mod limits;
+mod mail;
 mod openapi;
+mod pagination;
+mod templates;

@@ -12,6 +12,23 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/emails"),
     ("post", "/v1/emails/batch"),
     ("post", "/v1/emails/{id}/cancel"),
+    ("get", "/v1/templates"),
+    ("post", "/v1/templates"),
+    ("get", "/v1/templates/{id}"),
+    ("put", "/v1/templates/{id}"),
+    ("delete", "/v1/templates/{id}"),
+    ("post", "/v1/templates/{id}/render"),
+    ("post", "/v1/domains"),
+    ("get", "/v1/domains"),
+    ("get", "/v1/domains/{id}"),
+    ("delete", "/v1/domains/{id}"),
+    ("get", "/v1/domains/{id}/verify"),
+    ("get", "/v1/domains/{id}/reputation"),
+    ("post", "/v1/mail/validate-address"),
+    ("post", "/v1/mail/send"),
+    ("get", "/v1/mail/{id}"),
+    ("get", "/v1/mail"),
+    ("post", "/v1/mail/{id}/cancel"),
 ];
 
 async fn document(app: &crate::helpers::TestApp) -> Value {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 /// Every field is optional here so that a missing one becomes a `missing_field` message a
 /// person can act on, instead of a deserialisation error. Unknown fields are refused: a
 /// typo such as `zip` for `postal_code` must not be silently ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressInput {
     pub name: Option<String>,

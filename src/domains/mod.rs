@@ -1,0 +1,253 @@
+//! Sending domains: the routes (`routes`), storage and the status machine (`store`), DKIM
+//! keys and signing (`dkim`), the DNS records and their checks (`dns`), reputation
+//! (`reputation`) and the background re-check (`worker`).
+//!
+//! Sending uses [`Senders`]: for each accepted email it finds the From domain, refuses a
+//! live send from an unverified one (`delivery.require_verified_domain`), signs the message
+//! with the domain's key and gives the VERP envelope sender on the bounce subdomain.
+
+pub mod dkim;
+pub mod dns;
+pub mod reputation;
+pub mod routes;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use hickory_resolver::TokioResolver;
+
+use crate::config::Config;
+use crate::http::ApiError;
+use crate::keys::Mode;
+use crate::store::{Db, StoreError, time};
+use dkim::{DkimError, DomainKey};
+use store::{Checks, DomainRow};
+
+/// The subdomain that receives bounces: `bounces.<domain>`, with an MX to
+/// `delivery.hostname` (the RETURN_PATH record).
+pub const BOUNCE_SUBDOMAIN: &str = "bounces";
+/// The local part of VERP envelope senders: `bounces+<email id>@bounces.<domain>`.
+pub const BOUNCE_LOCAL_PART: &str = "bounces";
+
+/// A checked domain name: ASCII (IDNA), lower case, no trailing dot, at least two labels of
+/// letters, digits and hyphens, not an IP address, no wildcard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// Parses what a client sends as `name`; the error is a sentence for the API.
+    pub fn parse(input: &str) -> Result<DomainName, String> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err("The domain name is empty; send it like \"acme.com\".".into());
+        }
+        if s.contains('*') {
+            return Err(format!(
+                "'{s}' is a wildcard; add each domain you send from by its name, like \"acme.com\"."
+            ));
+        }
+        if s.contains(['@', '/', ':', ' ', '\t']) {
+            return Err(format!(
+                "'{s}' is not a bare domain name: send only the domain, like \"acme.com\" (no address, scheme, path, port or spaces)."
+            ));
+        }
+        let ascii = crate::address::email::parse_domain(s)
+            .map_err(|why| format!("The domain name is not valid: {why}."))?;
+        if s.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!("'{s}' is an IP address, not a domain name."));
+        }
+        Ok(DomainName(ascii))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What sending from one domain needs, found per email.
+pub struct Sender {
+    pub domain_id: String,
+    pub name: String,
+    selector: String,
+    key: Arc<DomainKey>,
+    /// `bounces.<domain>` when its MX is published (else bounces could not come back there,
+    /// and some servers refuse an envelope sender whose domain has no MX).
+    bounce_domain: Option<String>,
+}
+
+impl Sender {
+    /// The VERP envelope sender of `email_id`, when the bounce subdomain is set up.
+    pub fn envelope_from(&self, email_id: &str) -> Option<String> {
+        self.bounce_domain
+            .as_ref()
+            .map(|d| format!("{BOUNCE_LOCAL_PART}+{email_id}@{d}"))
+    }
+
+    /// `raw` with a DKIM signature of this domain in front. CPU work: off the async threads.
+    pub fn sign(&self, raw: &[u8]) -> Result<Vec<u8>, DkimError> {
+        self.key.sign(raw, &self.name, &self.selector)
+    }
+}
+
+/// The senders' side of domains: looks the From domain up per email and keeps parsed keys.
+pub struct Senders {
+    db: Db,
+    require_verified: bool,
+    /// Parsed keys by domain id, with the domain's `created_at` (a domain deleted and added
+    /// again has a new id; the stamp guards against anything else reusing one).
+    keys: moka::sync::Cache<String, (i64, Arc<DomainKey>)>,
+}
+
+impl Senders {
+    pub fn new(db: Db, require_verified: bool) -> Senders {
+        Senders {
+            db,
+            require_verified,
+            keys: moka::sync::Cache::builder().max_capacity(10_000).build(),
+        }
+    }
+
+    /// The sender for an email of `mode` from `from_domain` (ASCII): None when no domain of
+    /// that name exists in that mode (the email goes out unsigned), `403
+    /// domain_not_verified` for a live send from a domain that is missing or not verified
+    /// while `delivery.require_verified_domain` is on. Test-mode sends are never refused.
+    ///
+    /// Blocking (reads the database; parses a key on a cache miss): call it off the async
+    /// threads, as `emails::prepare` is.
+    pub fn for_email(&self, mode: Mode, from_domain: &str) -> Result<Option<Sender>, ApiError> {
+        let from_domain = from_domain.to_ascii_lowercase();
+        let row = {
+            let conn = self.db.read_blocking().map_err(ApiError::from)?;
+            store::signing_row(&conn, mode, &from_domain).map_err(ApiError::from)?
+        };
+        let enforce = mode == Mode::Live && self.require_verified;
+        let Some(row) = row else {
+            if enforce {
+                return Err(not_verified(format!(
+                    "The domain '{from_domain}' is not a verified sending domain, so live emails cannot be sent from it. Add it with POST /v1/domains {{\"name\": \"{from_domain}\"}}, publish the DNS records that answer lists, then call GET /v1/domains/{{id}}/verify."
+                )));
+            }
+            return Ok(None);
+        };
+        if enforce && !row.status.may_send() {
+            return Err(not_verified(format!(
+                "The domain '{from_domain}' ({}) is {}, so live emails cannot be sent from it yet. Publish the DNS records listed by GET /v1/domains/{}, then call GET /v1/domains/{}/verify.",
+                row.id,
+                row.status.as_str().replace('_', " "),
+                row.id,
+                row.id
+            )));
+        }
+        let key = match self.keys.get(&row.id) {
+            Some((stamp, key)) if stamp == row.created_at => key,
+            _ => {
+                let key = Arc::new(DomainKey::from_pkcs1_der(&row.private_der).map_err(|e| {
+                    tracing::error!(domain = %row.name, error = %e, "a stored DKIM key is unreadable");
+                    ApiError::internal()
+                })?);
+                self.keys
+                    .insert(row.id.clone(), (row.created_at, key.clone()));
+                key
+            }
+        };
+        Ok(Some(Sender {
+            domain_id: row.id,
+            bounce_domain: row
+                .return_path_verified
+                .then(|| format!("{BOUNCE_SUBDOMAIN}.{}", row.name)),
+            name: row.name,
+            selector: row.selector,
+            key,
+        }))
+    }
+
+    /// Drops the cached key of a deleted domain.
+    pub fn forget(&self, domain_id: &str) {
+        self.keys.invalidate(domain_id);
+    }
+}
+
+fn not_verified(message: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "domain_not_verified", message).with_field("from")
+}
+
+/// What the domain routes and the background check share.
+pub struct Domains {
+    pub db: Db,
+    pub config: Arc<Config>,
+    /// None when the system's DNS configuration could not be read (checks then find
+    /// nothing, and say so in the logs).
+    resolver: Option<TokioResolver>,
+    pub senders: Senders,
+}
+
+impl Domains {
+    pub fn new(db: Db, config: Arc<Config>) -> Domains {
+        let nameservers: Vec<_> = config.dns.nameservers.iter().map(|n| n.0).collect();
+        let resolver = match crate::delivery::mx::build_resolver(&nameservers) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "domain checks cannot look up DNS");
+                None
+            }
+        };
+        Domains {
+            senders: Senders::new(db.clone(), config.delivery.require_verified_domain),
+            db,
+            config,
+            resolver,
+        }
+    }
+
+    /// Looks `row`'s records up now, saves the outcome (status, events) and returns the
+    /// domain as saved (None when it was deleted meanwhile). The resolver's cache is emptied
+    /// first: a record published a minute ago must count now, not after the negative answer
+    /// of an earlier check expires.
+    pub async fn check(&self, row: DomainRow) -> Result<Option<DomainRow>, StoreError> {
+        let checks = match &self.resolver {
+            Some(resolver) => {
+                resolver.clear_cache();
+                dns::check(resolver, &row, &self.config).await
+            }
+            None => Checks::default(),
+        };
+        let give_up = self.config.domains.timings.give_up_after.as_secs() as i64;
+        let now = time::now();
+        self.db
+            .write(move |conn| store::save_check(conn, &row, &checks, now, give_up))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names() {
+        let ok = |s: &str| DomainName::parse(s).map(|d| d.0);
+        assert_eq!(ok("Acme.COM").unwrap(), "acme.com");
+        assert_eq!(ok(" mail.acme.com. ").unwrap(), "mail.acme.com");
+        assert_eq!(ok("bücher.example").unwrap(), "xn--bcher-kva.example");
+        for bad in [
+            "",
+            "acme",
+            "*.acme.com",
+            "hello@acme.com",
+            "https://acme.com",
+            "acme.com/path",
+            "acme.com:25",
+            "acme.com extra",
+            "192.168.0.1",
+            "[::1]",
+            "::1",
+            "-acme.com",
+            "acme..com",
+            "acme_mail.com",
+        ] {
+            assert!(DomainName::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
