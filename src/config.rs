@@ -84,6 +84,56 @@ pub struct DeliveryConfig {
     pub require_verified_domain: bool,
     pub direct: DirectConfig,
     pub relay: RelayConfig,
+    /// SMTP timeouts and pool limits. Not settable from the file or the environment (the
+    /// defaults suit every deployment we know of); tests shorten them in-process.
+    #[serde(skip)]
+    pub tuning: DeliveryTuning,
+}
+
+/// SMTP timeouts and pool limits of the delivery worker (see `delivery::smtp::SmtpSettings`).
+#[derive(Debug, Clone)]
+pub struct DeliveryTuning {
+    /// TCP connect (each address) and the TLS handshake.
+    pub connect_timeout: Duration,
+    /// Each command's reply, including the greeting.
+    pub command_timeout: Duration,
+    /// Sending the message body and reading the final reply.
+    pub data_timeout: Duration,
+    /// Idle pooled SMTP sessions older than this are closed with QUIT.
+    pub idle_timeout: Duration,
+    /// Messages per SMTP session before it is closed and a fresh one is opened.
+    pub max_messages_per_connection: usize,
+    /// SMTP sessions open at once to one destination: one recipient domain / MX address in
+    /// direct mode (20, Postfix's `default_destination_concurrency_limit`). The relay is
+    /// the only destination of relay mode, so there the limit is `delivery.concurrency`.
+    /// `Some` overrides both.
+    pub max_sessions_per_destination: Option<usize>,
+}
+
+impl Default for DeliveryTuning {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(120),
+            data_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
+            max_messages_per_connection: 1000,
+            max_sessions_per_destination: None,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// SMTP sessions open at once to one destination (see
+    /// [`DeliveryTuning::max_sessions_per_destination`]).
+    pub fn sessions_per_destination(&self) -> usize {
+        let limit = match (self.tuning.max_sessions_per_destination, self.mode) {
+            (Some(n), _) => n,
+            (None, DeliveryMode::Relay) => self.concurrency,
+            (None, DeliveryMode::Direct) => 20,
+        };
+        limit.max(1)
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -99,6 +149,7 @@ impl Default for DeliveryConfig {
             require_verified_domain: true,
             direct: DirectConfig::default(),
             relay: RelayConfig::default(),
+            tuning: DeliveryTuning::default(),
         }
     }
 }
@@ -144,6 +195,10 @@ pub struct RelayConfig {
     pub username: String,
     #[serde(deserialize_with = "string_like")]
     pub password: String,
+    /// Accept any relay certificate (self-signed test servers). Tests only: it cannot be
+    /// set from the file or the environment, so a production relay is always verified.
+    #[serde(skip)]
+    pub accept_invalid_certs_for_tests: bool,
 }
 
 impl Default for RelayConfig {
@@ -154,6 +209,7 @@ impl Default for RelayConfig {
             tls: RelayTls::Starttls,
             username: String::new(),
             password: String::new(),
+            accept_invalid_certs_for_tests: false,
         }
     }
 }
@@ -650,6 +706,19 @@ mod tests {
             Duration::from_secs(7200)
         );
         assert!(DurationSetting::parse("soon").is_err());
+    }
+
+    #[test]
+    fn test_only_settings_cannot_be_set_from_a_file() {
+        for toml in [
+            "[delivery.relay]\naccept_invalid_certs_for_tests = true",
+            "[delivery.tuning]\nidle_timeout = \"1s\"",
+        ] {
+            let result: Result<Config, _> = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract();
+            assert!(result.is_err(), "{toml} was accepted");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use super::queue::{AttemptResult, Claimed, Outcome};
+use super::queue::{AttemptResult, Bounce, Claimed, Outcome};
+use super::smtp::Reply;
 
 /// The domain of the magic test recipients.
 pub const TEST_DOMAIN: &str = "test.mailsflux";
@@ -20,12 +21,11 @@ pub fn capture(rcpt: Claimed, retry_schedule: &[Duration]) -> Outcome {
     let local = lower.strip_suffix(&format!("@{TEST_DOMAIN}")).unwrap_or("");
     let (result, retry_in) = match local {
         "bounced" => (
-            AttemptResult::Bounced {
-                reply:
-                    "550 5.1.1 The email account that you tried to reach does not exist (test mode)"
-                        .into(),
-                hard: true,
-            },
+            AttemptResult::Bounced(Bounce::from_reply(&Reply::new(
+                550,
+                [5, 1, 1],
+                "The email account that you tried to reach does not exist (test mode)",
+            ))),
             None,
         ),
         "complained" => (

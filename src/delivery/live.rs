@@ -1,163 +1,200 @@
-//! Live-mode delivery: hands a message to the relay (relay mode) and maps each recipient's
-//! SMTP answer to an outcome: 2xx → `sent`, 4xx and faults → deferred, 5xx → bounced.
+//! Live-mode delivery policy over the SMTP pool: where a group of recipients goes (the relay,
+//! or the MX hosts of their domain in direct mode) and what each answer means for them.
+//!
+//! - accepted → `sent` (relay: the smarthost took it) or `delivered` (direct: the
+//!   recipient's own mail server took it);
+//! - 4xx, a session fault (connect, TLS, timeout, broken connection) or a temporary DNS
+//!   failure → deferred (retried on `delivery.retry_schedule`, `failed` after the last);
+//! - 5xx, a null MX (RFC 7505), a domain that does not exist or has no mail host →
+//!   bounced, classified by [`super::bounce::classify`].
 
-use std::sync::Arc;
-use std::time::Duration;
+use hickory_resolver::TokioResolver;
 
-use mail_send::SmtpClientBuilder;
-use mail_send::smtp::message::Parameters;
+use super::mx::build_resolver;
+use super::queue::{AttemptResult, Bounce, Claimed, Message, Outcome};
+use super::smtp::{
+    self, DirectError, PoolSetupError, RcptResult, SmtpPool, SmtpSettings, StartTlsPolicy, TlsMode,
+};
+use crate::config::{Config, DeliveryMode, DirectStartTls, RelayTls};
 
-use super::queue::{AttemptResult, Claimed, Outcome};
-use crate::config::{Config, DeliveryMode, RelayTls};
-use crate::ops::metrics::Metrics;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
+/// Sends live-mode mail through one [`SmtpPool`] shared by every delivery task.
 pub struct LiveTransport {
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
+    pool: SmtpPool,
+    route: Route,
+}
+
+enum Route {
+    /// Everything goes to the smarthost of `[delivery.relay]`.
+    Relay(smtp::Destination),
+    /// MX lookup per recipient domain.
+    Direct {
+        /// `Err` holds why the resolver could not be set up (every attempt is deferred
+        /// with that message, so the operator sees it on the email). Boxed: the resolver
+        /// is large and there is one route per process.
+        resolver: Result<Box<TokioResolver>, String>,
+        port: u16,
+        starttls: StartTlsPolicy,
+    },
+}
+
+/// The pool settings for this configuration.
+pub fn smtp_settings(config: &Config) -> SmtpSettings {
+    let t = &config.delivery.tuning;
+    SmtpSettings {
+        helo_name: config.delivery.hostname.clone(),
+        connect_timeout: t.connect_timeout,
+        command_timeout: t.command_timeout,
+        data_timeout: t.data_timeout,
+        idle_timeout: t.idle_timeout,
+        max_messages_per_connection: t.max_messages_per_connection,
+        max_sessions_per_destination: config.delivery.sessions_per_destination(),
+    }
 }
 
 impl LiveTransport {
-    pub fn new(config: &Arc<Config>, metrics: Arc<Metrics>) -> LiveTransport {
-        LiveTransport {
-            config: config.clone(),
-            metrics,
-        }
+    /// Creates the pool (call inside the worker's runtime: it starts the idle reaper) and,
+    /// in direct mode, the resolver from `dns.nameservers`.
+    pub fn new(config: &Config) -> Result<LiveTransport, PoolSetupError> {
+        let pool = SmtpPool::new(smtp_settings(config))?;
+        let route = match config.delivery.mode {
+            DeliveryMode::Relay => {
+                let relay = &config.delivery.relay;
+                let tls = match relay.tls {
+                    RelayTls::None => TlsMode::None,
+                    RelayTls::Starttls => TlsMode::StartTls,
+                    RelayTls::Implicit => TlsMode::Implicit,
+                };
+                let mut dest = smtp::Destination::relay(
+                    relay.host.clone(),
+                    relay.port,
+                    tls,
+                    Some((relay.username.clone(), relay.password.clone())),
+                );
+                dest.allow_invalid_certs = relay.accept_invalid_certs_for_tests;
+                Route::Relay(dest)
+            }
+            DeliveryMode::Direct => {
+                let nameservers: Vec<_> = config.dns.nameservers.iter().map(|n| n.0).collect();
+                let resolver = build_resolver(&nameservers)
+                    .map(Box::new)
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &resolver {
+                    tracing::error!(error = %e, "direct delivery cannot resolve MX hosts");
+                }
+                Route::Direct {
+                    resolver,
+                    port: config.delivery.direct.port,
+                    starttls: match config.delivery.direct.starttls {
+                        DirectStartTls::Opportunistic => StartTlsPolicy::Opportunistic,
+                        DirectStartTls::Required => StartTlsPolicy::Required,
+                    },
+                }
+            }
+        };
+        Ok(LiveTransport { pool, route })
     }
 
-    pub async fn shutdown(&self) {}
+    /// The pool (for the `smtp_sessions_open` metric).
+    pub fn pool(&self) -> &SmtpPool {
+        &self.pool
+    }
 
-    /// Delivers `raw` to every recipient of `group` (one email, one destination).
-    pub async fn deliver(
-        &self,
-        envelope_from: &str,
-        raw: &[u8],
-        group: Vec<Claimed>,
-    ) -> Vec<Outcome> {
-        if self.config.delivery.mode == DeliveryMode::Direct {
-            return defer_all(group, "direct delivery is not available in this build");
-        }
-        let relay = &self.config.delivery.relay;
-        let builder = match SmtpClientBuilder::new(relay.host.clone(), relay.port) {
-            Ok(b) => b,
-            Err(e) => return defer_all(group, &format!("bad relay host: {e}")),
-        };
-        let mut builder = builder
-            .helo_host(self.config.delivery.hostname.clone())
-            .timeout(TIMEOUT)
-            .implicit_tls(relay.tls == RelayTls::Implicit);
-        if !relay.username.is_empty() {
-            builder = builder.credentials((relay.username.clone(), relay.password.clone()));
-        }
-        self.metrics.smtp_sessions_open.inc();
-        let result = if relay.tls == RelayTls::None {
-            match builder.connect_plain().await {
-                Ok(mut client) => transaction(&mut client, envelope_from, raw, group).await,
-                Err(e) => defer_all(group, &format!("cannot connect to the relay: {e}")),
+    /// Closes idle sessions; sessions in use finish their transaction first.
+    pub async fn shutdown(&self) {
+        self.pool.shutdown().await;
+    }
+
+    /// Delivers `message` to every recipient of `group` (one message, one destination:
+    /// the relay, or one recipient domain in direct mode) in one SMTP transaction.
+    pub async fn deliver(&self, message: &Message, group: Vec<Claimed>) -> Vec<Outcome> {
+        let recipients: Vec<String> = group.iter().map(|c| c.address.clone()).collect();
+        match &self.route {
+            Route::Relay(dest) => {
+                match self
+                    .pool
+                    .deliver(dest, &message.envelope_from, &recipients, &message.raw)
+                    .await
+                {
+                    Ok(results) => per_recipient(group, results, true),
+                    Err(e) => all(group, AttemptResult::Deferred(e.to_string())),
+                }
             }
-        } else {
-            match builder.connect().await {
-                Ok(mut client) => transaction(&mut client, envelope_from, raw, group).await,
-                Err(e) => defer_all(group, &format!("cannot connect to the relay: {e}")),
+            Route::Direct {
+                resolver,
+                port,
+                starttls,
+            } => {
+                let resolver = match resolver {
+                    Ok(r) => r,
+                    Err(e) => return all(group, AttemptResult::Deferred(e.clone())),
+                };
+                let Some(domain) = group.first().map(|c| c.domain.clone()) else {
+                    return Vec::new();
+                };
+                let result = self
+                    .pool
+                    .deliver_direct(
+                        resolver,
+                        &domain,
+                        *port,
+                        *starttls,
+                        &message.envelope_from,
+                        &recipients,
+                        &message.raw,
+                    )
+                    .await;
+                match result {
+                    Ok(results) => per_recipient(group, results, false),
+                    Err(DirectError::Mx(e)) if e.is_permanent() => all(
+                        group,
+                        AttemptResult::Bounced(Bounce::from_reply(&e.reply())),
+                    ),
+                    Err(DirectError::Mx(e)) => {
+                        all(group, AttemptResult::Deferred(e.reply().to_string()))
+                    }
+                    Err(e @ DirectError::Unreachable { .. }) => {
+                        all(group, AttemptResult::Deferred(e.to_string()))
+                    }
+                }
             }
-        };
-        self.metrics.smtp_sessions_open.dec();
-        result
+        }
     }
 }
 
-fn defer_all(group: Vec<Claimed>, why: &str) -> Vec<Outcome> {
+/// The same result for every recipient of the group.
+pub fn all(group: Vec<Claimed>, result: AttemptResult) -> Vec<Outcome> {
     group
         .into_iter()
-        .map(|c| Outcome {
-            claimed: c,
-            result: AttemptResult::Deferred(why.to_string()),
+        .map(|claimed| Outcome {
+            claimed,
+            result: result.clone(),
             retry_in: None,
         })
         .collect()
 }
 
-fn reply_of(err: &mail_send::Error) -> Option<(u16, String)> {
-    match err {
-        mail_send::Error::UnexpectedReply(r) => {
-            Some((r.code(), format!("{} {}", r.code(), r.message())))
-        }
-        _ => None,
-    }
-}
-
-async fn transaction<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    client: &mut mail_send::SmtpClient<T>,
-    envelope_from: &str,
-    raw: &[u8],
-    group: Vec<Claimed>,
-) -> Vec<Outcome> {
-    if let Err(e) = client
-        .mail_from(envelope_from, &Parameters::default())
-        .await
-    {
-        return match reply_of(&e) {
-            Some((code, text)) if code >= 500 => group
-                .into_iter()
-                .map(|c| Outcome {
-                    claimed: c,
-                    result: AttemptResult::Bounced {
-                        reply: text.clone(),
-                        hard: false,
-                    },
-                    retry_in: None,
-                })
-                .collect(),
-            Some((_, text)) => defer_all(group, &text),
-            None => defer_all(group, &e.to_string()),
-        };
-    }
-    let mut accepted = Vec::new();
-    let mut outcomes = Vec::new();
-    for c in group {
-        match client.rcpt_to(&c.address, &Parameters::default()).await {
-            Ok(()) => accepted.push(c),
-            Err(e) => {
-                let result = match reply_of(&e) {
-                    Some((code, text)) if code >= 500 => AttemptResult::Bounced {
-                        reply: text,
-                        hard: true,
-                    },
-                    Some((_, text)) => AttemptResult::Deferred(text),
-                    None => AttemptResult::Deferred(e.to_string()),
-                };
-                outcomes.push(Outcome {
-                    claimed: c,
-                    result,
-                    retry_in: None,
-                });
+/// Maps the transaction's result for each recipient (same order as the group).
+fn per_recipient(group: Vec<Claimed>, results: Vec<RcptResult>, relay: bool) -> Vec<Outcome> {
+    let mut results = results.into_iter();
+    group
+        .into_iter()
+        .map(|claimed| {
+            let result = match results.next().map(|r| r.outcome) {
+                Some(smtp::Outcome::Accepted(reply)) if relay => {
+                    AttemptResult::Sent(reply.to_string())
+                }
+                Some(smtp::Outcome::Accepted(reply)) => AttemptResult::Delivered(reply.to_string()),
+                Some(smtp::Outcome::Rejected(reply)) => {
+                    AttemptResult::Bounced(Bounce::from_reply(&reply))
+                }
+                Some(smtp::Outcome::Deferred(reply)) => AttemptResult::Deferred(reply.to_string()),
+                None => AttemptResult::Deferred("the SMTP session gave no answer".to_string()),
+            };
+            Outcome {
+                claimed,
+                result,
+                retry_in: None,
             }
-        }
-    }
-    if accepted.is_empty() {
-        let _ = client.rset().await;
-        return outcomes;
-    }
-    let data = client.data(raw).await;
-    for c in accepted {
-        let result = match &data {
-            Ok(()) => AttemptResult::Sent("250 2.0.0 Ok".into()),
-            Err(e) => match reply_of(e) {
-                Some((code, text)) if code >= 500 => AttemptResult::Bounced {
-                    reply: text,
-                    hard: true,
-                },
-                Some((_, text)) => AttemptResult::Deferred(text),
-                None => AttemptResult::Deferred(e.to_string()),
-            },
-        };
-        outcomes.push(Outcome {
-            claimed: c,
-            result,
-            retry_in: None,
-        });
-    }
-    let _ = client.rset().await;
-    outcomes
+        })
+        .collect()
 }

@@ -1,9 +1,15 @@
 //! SQL of the delivery queue: claiming due recipients with a lease, recording outcomes
 //! (status, attempts, retry time, events, suppressions) and the figures the metrics show.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+
+use super::bounce::{self, BounceCategory, Classification};
+use super::smtp::Reply;
 
 use crate::emails::store::refresh_status;
 use crate::events::{self, NewEvent};
@@ -24,6 +30,19 @@ pub struct Claimed {
     pub domain: String,
     /// Attempts made before this one.
     pub attempts: i64,
+    /// The recipient has its own copy of the message (an individually rendered audience
+    /// send) instead of the email's.
+    pub own_copy: bool,
+}
+
+/// What a claim took from the queue.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Recipients to attempt now, leased to this process.
+    pub claimed: Vec<Claimed>,
+    /// Recipients found on the suppression list while they waited: marked `suppressed`
+    /// (with a `suppressed` event) instead of being attempted.
+    pub suppressed: usize,
 }
 
 /// Puts recipients leased by a dead process back in the queue. At start every lease belongs
@@ -37,49 +56,122 @@ pub fn release_all_leases(conn: &Connection) -> Result<usize, StoreError> {
     )?)
 }
 
+/// Gives claimed recipients that were never attempted back to the queue (shutdown), due
+/// at once, so the next start sends them without waiting for their lease.
+pub fn release(conn: &Connection, rcpt_ids: &[i64]) -> Result<usize, StoreError> {
+    let now = time::now();
+    let mut stmt = conn.prepare_cached(
+        "UPDATE recipients SET status = 'queued', lease_until = NULL,
+                next_attempt_at = min(coalesce(next_attempt_at, ?2), ?2), updated_at = ?2
+         WHERE id = ?1 AND status = 'sending' RETURNING email_id",
+    )?;
+    let mut touched: Vec<String> = Vec::new();
+    for id in rcpt_ids {
+        let email_id: Option<String> = stmt.query_row(params![id, now], |r| r.get(0)).optional()?;
+        if let Some(email_id) = email_id
+            && !touched.contains(&email_id)
+        {
+            touched.push(email_id);
+        }
+    }
+    for email_id in &touched {
+        refresh_status(conn, email_id)?;
+    }
+    Ok(touched.len())
+}
+
 /// Claims up to `limit` due recipients: scheduled emails whose time has come (recording
 /// their `queued` event), queued and deferred ones whose retry time has come, and sending
-/// ones whose lease expired.
-pub fn claim_due(conn: &Connection, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+/// ones whose lease expired. A recipient put on the suppression list while it waited is
+/// marked `suppressed` here and never attempted.
+pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
     let now = time::now();
     let lease_until = now + LEASE.as_secs() as i64;
     let mut select = conn.prepare_cached(
-        "SELECT id, email_id, mode, address, domain, attempts, status FROM recipients
-         WHERE status IN ('queued', 'deferred', 'scheduled') AND next_attempt_at <= ?1
+        "SELECT r.id, r.email_id, r.mode, r.address, r.domain, r.attempts, r.status,
+                r.raw IS NOT NULL, r.address_lower, e.type
+         FROM recipients r JOIN emails e ON e.id = r.email_id
+         WHERE r.status IN ('queued', 'deferred', 'scheduled') AND r.next_attempt_at <= ?1
          UNION ALL
-         SELECT id, email_id, mode, address, domain, attempts, status FROM recipients
-         WHERE status = 'sending' AND lease_until <= ?1
+         SELECT r.id, r.email_id, r.mode, r.address, r.domain, r.attempts, r.status,
+                r.raw IS NOT NULL, r.address_lower, e.type
+         FROM recipients r JOIN emails e ON e.id = r.email_id
+         WHERE r.status = 'sending' AND r.lease_until <= ?1
          LIMIT ?2",
     )?;
-    let rows: Vec<(Claimed, String)> = select
+    struct Row {
+        claimed: Claimed,
+        old_status: String,
+        address_lower: String,
+        marketing: bool,
+    }
+    let rows: Vec<Row> = select
         .query_map(params![now, limit as i64], |r| {
             let mode: String = r.get(2)?;
-            Ok((
-                Claimed {
+            Ok(Row {
+                claimed: Claimed {
                     rcpt_id: r.get(0)?,
                     email_id: r.get(1)?,
                     mode: Mode::parse(&mode).unwrap_or(Mode::Test),
                     address: r.get(3)?,
                     domain: r.get(4)?,
                     attempts: r.get(5)?,
+                    own_copy: r.get(7)?,
                 },
-                r.get::<_, String>(6)?,
-            ))
+                old_status: r.get(6)?,
+                address_lower: r.get(8)?,
+                marketing: r.get::<_, String>(9)? == "marketing",
+            })
         })?
         .collect::<Result<_, _>>()?;
     let mut lease = conn.prepare_cached(
         "UPDATE recipients SET status = 'sending', lease_until = ?2, updated_at = ?3 WHERE id = ?1",
     )?;
+    let mut suppress = conn.prepare_cached(
+        "UPDATE recipients SET status = 'suppressed', lease_until = NULL, next_attempt_at = NULL,
+                updated_at = ?2
+         WHERE id = ?1",
+    )?;
     let mut released: Vec<(String, Mode)> = Vec::new();
+    // Emails whose stored status must change now: scheduled ones (they leave `scheduled`,
+    // which cancel relies on) and those with a suppressed recipient. Queued and deferred
+    // recipients going out leave the email row alone: it holds the message and its bodies,
+    // and SQLite rewrites a whole row on update, so the stored status is refreshed when
+    // the outcome is recorded (the API derives the live status from the recipients).
     let mut touched: Vec<String> = Vec::new();
-    for (c, old_status) in &rows {
-        lease.execute(params![c.rcpt_id, lease_until, now])?;
-        if old_status == "scheduled" && !released.iter().any(|(id, _)| id == &c.email_id) {
-            released.push((c.email_id.clone(), c.mode));
-        }
-        if !touched.contains(&c.email_id) {
+    let mut claim = Claim::default();
+    for row in rows {
+        let c = &row.claimed;
+        let refresh = row.old_status == "scheduled";
+        if refresh && !touched.contains(&c.email_id) {
             touched.push(c.email_id.clone());
         }
+        let blocked =
+            suppressions::blocking_reason(conn, c.mode, &row.address_lower, row.marketing)?;
+        if let Some(reason) = blocked {
+            suppress.execute(params![c.rcpt_id, now])?;
+            let detail = format!(
+                "The address was added to the suppression list ({}) before it was sent.",
+                reason.as_str()
+            );
+            events::record(
+                conn,
+                c.mode,
+                &NewEvent::email(events::email::SUPPRESSED, &c.email_id)
+                    .recipient(&c.address)
+                    .detail(&detail),
+            )?;
+            claim.suppressed += 1;
+            if !touched.contains(&c.email_id) {
+                touched.push(c.email_id.clone());
+            }
+            continue;
+        }
+        lease.execute(params![c.rcpt_id, lease_until, now])?;
+        if row.old_status == "scheduled" && !released.iter().any(|(id, _)| id == &c.email_id) {
+            released.push((c.email_id.clone(), c.mode));
+        }
+        claim.claimed.push(row.claimed);
     }
     for (email_id, mode) in &released {
         events::record(
@@ -91,7 +183,7 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Vec<Claimed>, StoreE
     for email_id in &touched {
         refresh_status(conn, email_id)?;
     }
-    Ok(rows.into_iter().map(|(c, _)| c).collect())
+    Ok(claim)
 }
 
 /// Seconds until the next recipient becomes due (or its lease expires), if any waits.
@@ -111,23 +203,62 @@ pub fn next_due_in(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(next.map(|t| t - time::now()))
 }
 
-/// The message of an email: its MIME bytes and envelope sender.
-pub fn load_message(
+/// A message to send: its MIME bytes (as built at accept, so the `Message-ID` is the same
+/// on every attempt) and its envelope sender.
+#[derive(Debug)]
+pub struct Message {
+    pub raw: Vec<u8>,
+    pub envelope_from: String,
+}
+
+/// Where a claimed recipient's message comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageSource {
+    /// The email's message (`emails.raw`).
+    Email(String),
+    /// The recipient's own copy (`recipients.raw`).
+    Recipient(i64),
+}
+
+impl MessageSource {
+    pub fn of(c: &Claimed) -> MessageSource {
+        if c.own_copy {
+            MessageSource::Recipient(c.rcpt_id)
+        } else {
+            MessageSource::Email(c.email_id.clone())
+        }
+    }
+}
+
+/// Loads the messages of `sources` in a few queries (one per source here, on one
+/// connection, with cached statements). Missing ones are left out.
+pub fn load_messages(
     conn: &Connection,
-    email_id: &str,
-) -> Result<Option<(Vec<u8>, String)>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT raw, envelope_from FROM emails WHERE id = ?1",
-            [email_id],
-            |r| {
-                Ok((
-                    r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
-                    r.get(1)?,
-                ))
-            },
-        )
-        .optional()?)
+    sources: &[MessageSource],
+) -> Result<HashMap<MessageSource, Arc<Message>>, StoreError> {
+    let mut by_email =
+        conn.prepare_cached("SELECT raw, envelope_from FROM emails WHERE id = ?1")?;
+    let mut by_rcpt = conn.prepare_cached(
+        "SELECT coalesce(r.raw, e.raw), e.envelope_from
+         FROM recipients r JOIN emails e ON e.id = r.email_id WHERE r.id = ?1",
+    )?;
+    let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Message> {
+        Ok(Message {
+            raw: r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
+            envelope_from: r.get(1)?,
+        })
+    };
+    let mut out = HashMap::with_capacity(sources.len());
+    for source in sources {
+        let message = match source {
+            MessageSource::Email(id) => by_email.query_row([id], read).optional()?,
+            MessageSource::Recipient(id) => by_rcpt.query_row([id], read).optional()?,
+        };
+        if let Some(message) = message {
+            out.insert(source.clone(), Arc::new(message));
+        }
+    }
+    Ok(out)
 }
 
 /// What one attempt for one recipient came to.
@@ -139,10 +270,60 @@ pub enum AttemptResult {
     Sent(String),
     /// A temporary failure: retried on the schedule, or `failed` after the last retry.
     Deferred(String),
-    /// A permanent refusal; `hard` adds a bounce suppression.
-    Bounced { reply: String, hard: bool },
+    /// A permanent refusal (5xx): the recipient ends `bounced`.
+    Bounced(Bounce),
     /// Delivered, then a complaint came back (test mode's complained@ address).
     Complained(String),
+}
+
+/// A permanent refusal and what it says about the recipient.
+#[derive(Debug, Clone)]
+pub struct Bounce {
+    /// The full reply, e.g. `550 5.1.1 no such user`.
+    pub reply: String,
+    /// The basic reply code.
+    pub code: u16,
+    /// The enhanced status code (`5.1.1`), when the server sent one.
+    pub enhanced: Option<String>,
+    /// Hard or soft, and why (mailbox, domain, policy, ...).
+    pub class: Classification,
+}
+
+impl Bounce {
+    /// Classifies a 5xx reply.
+    pub fn from_reply(reply: &Reply) -> Bounce {
+        Bounce {
+            reply: reply.to_string(),
+            code: reply.code,
+            enhanced: reply
+                .enhanced
+                .map(|(class, subject, detail)| format!("{class}.{subject}.{detail}")),
+            class: bounce::classify(reply),
+        }
+    }
+
+    /// True when the address itself cannot receive mail: a hard bounce about the mailbox
+    /// or its domain. Only those add a `bounce` suppression; a hard refusal for policy or
+    /// content says nothing about the address, and a soft one (a full mailbox) may pass.
+    pub fn suppresses(&self) -> bool {
+        self.class.is_hard()
+            && matches!(
+                self.class.category,
+                BounceCategory::Mailbox | BounceCategory::Domain
+            )
+    }
+
+    fn data(&self) -> serde_json::Value {
+        json!({
+            "bounce": {
+                "type": self.class.kind.to_string(),
+                "category": self.class.category.to_string(),
+                "code": self.code,
+                "enhanced_code": self.enhanced,
+                "suppressed": self.suppresses(),
+            }
+        })
+    }
 }
 
 /// An outcome to record.
@@ -169,18 +350,20 @@ pub fn record_outcomes(
          WHERE id = ?1",
     )?;
     let mut labels = Vec::with_capacity(outcomes.len());
-    let mut touched: Vec<&str> = Vec::new();
+    let mut touched: HashSet<&str> = HashSet::new();
     for o in outcomes {
         let c = &o.claimed;
         let attempts = c.attempts + 1;
+        let mut data = None;
         let (status, detail, next, event) = match &o.result {
             AttemptResult::Delivered(reply) => ("delivered", reply, None, events::email::DELIVERED),
             AttemptResult::Complained(reply) => {
                 ("delivered", reply, None, events::email::DELIVERED)
             }
             AttemptResult::Sent(reply) => ("sent", reply, None, events::email::SENT),
-            AttemptResult::Bounced { reply, .. } => {
-                ("bounced", reply, None, events::email::BOUNCED)
+            AttemptResult::Bounced(bounce) => {
+                data = Some(bounce.data());
+                ("bounced", &bounce.reply, None, events::email::BOUNCED)
             }
             AttemptResult::Deferred(reply) => {
                 // Entry k of the schedule is the wait before retry k.
@@ -189,22 +372,29 @@ pub fn record_outcomes(
                         let wait = o.retry_in.unwrap_or(*wait);
                         let at =
                             now + wait.as_secs().max(u64::from(wait.subsec_nanos() > 0)) as i64;
+                        data = Some(json!({
+                            "attempt": attempts,
+                            "next_attempt_at": time::format(at),
+                        }));
                         ("deferred", reply, Some(at), events::email::DELIVERY_DELAYED)
                     }
-                    None => ("failed", reply, None, events::email::FAILED),
+                    None => {
+                        data = Some(json!({ "attempt": attempts }));
+                        ("failed", reply, None, events::email::FAILED)
+                    }
                 }
             }
         };
         update.execute(params![c.rcpt_id, status, detail, next, now])?;
-        events::record(
-            conn,
-            c.mode,
-            &NewEvent::email(event, &c.email_id)
-                .recipient(&c.address)
-                .detail(detail),
-        )?;
+        let mut event = NewEvent::email(event, &c.email_id)
+            .recipient(&c.address)
+            .detail(detail);
+        if let Some(data) = data {
+            event = event.data(data);
+        }
+        events::record(conn, c.mode, &event)?;
         match &o.result {
-            AttemptResult::Bounced { hard: true, .. } => {
+            AttemptResult::Bounced(bounce) if bounce.suppresses() => {
                 suppressions::add(
                     conn,
                     c.mode,
@@ -238,9 +428,7 @@ pub fn record_outcomes(
             "sent" => "sent",
             _ => "delivered",
         });
-        if !touched.contains(&c.email_id.as_str()) {
-            touched.push(&c.email_id);
-        }
+        touched.insert(&c.email_id);
     }
     for email_id in touched {
         refresh_status(conn, email_id)?;

@@ -31,7 +31,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::mx::{MxError, resolve_mx};
+use super::mx::{MxError, MxHost, resolve_mx};
 
 /// `smtp_proto::EXT_START_TLS` (mail-send does not re-export smtp-proto; the value is part
 /// of smtp-proto's stable 0.x API).
@@ -847,10 +847,13 @@ impl SmtpPool {
     ) -> Result<Vec<RcptResult>, DirectError> {
         let hosts = resolve_mx(resolver, domain).await?;
         let mut last = None;
-        let candidates = hosts
+        // Collected: a lazy iterator of closures held across the awaits below makes the
+        // future fail the `Send` check of `tokio::spawn` (rustc's higher-ranked lifetimes).
+        let candidates: Vec<(&MxHost, IpAddr)> = hosts
             .iter()
             .flat_map(|host| host.addrs.iter().map(move |ip| (host, *ip)))
-            .take(MAX_MX_ADDRESSES);
+            .take(MAX_MX_ADDRESSES)
+            .collect();
         for (host, ip) in candidates {
             let dest = Destination::mx(host.host.clone(), ip, port, starttls);
             match self

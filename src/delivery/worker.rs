@@ -1,28 +1,41 @@
-//! The delivery worker: claims due recipients from the queue, delivers them in groups (one
-//! SMTP transaction per email and destination domain) under a global concurrency limit, and
-//! records each outcome. It is woken at once when emails are accepted, and otherwise sleeps
-//! until the next recipient is due. On shutdown it stops claiming, lets the attempts under
-//! way finish, and leaves the rest queued.
+//! The delivery worker: claims due recipients from the queue with a lease, delivers them in
+//! groups (one SMTP transaction per message and destination), and records the outcomes.
+//!
+//! - Woken at once when emails are accepted ([`DeliveryHandle::wake`]); otherwise it sleeps
+//!   until the next recipient is due.
+//! - Limits: `delivery.concurrency` groups at once in all, and at most
+//!   `DeliveryConfig::sessions_per_destination` per destination (one recipient domain in
+//!   direct mode: 20; the relay: `delivery.concurrency`). A group waiting for its
+//!   destination holds no global slot, so a slow domain does not starve the others.
+//! - Messages of a claim are loaded in one read; outcomes go to one recorder task that
+//!   writes them in batches (one transaction for many groups).
+//! - Shutdown: stops claiming, gives claimed-but-unstarted recipients back to the queue,
+//!   lets the SMTP transactions under way finish (within a grace period) and records them.
+//!   After a crash the leases expire (at start, at once): delivery is at least once, with
+//!   the same message bytes and `Message-ID`, built when the email was accepted.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::capture;
-use super::live::LiveTransport;
-use super::queue::{self, Claimed, Outcome};
+use super::live::{self, LiveTransport};
+use super::queue::{self, AttemptResult, Claimed, Message, MessageSource, Outcome};
+use super::smtp::SmtpPool;
 use crate::config::{Config, DeliveryMode};
 use crate::keys::Mode;
 use crate::ops::metrics::Metrics;
 use crate::store::{Db, StoreError};
 
-/// Wakes the worker; cheap to clone into every route that queues mail.
+/// Wakes the worker and reports on its SMTP pool; cheap to clone into every route that
+/// queues mail.
 #[derive(Clone, Default)]
 pub struct DeliveryHandle {
     notify: Arc<Notify>,
+    pool: Arc<OnceLock<SmtpPool>>,
 }
 
 impl DeliveryHandle {
@@ -30,21 +43,46 @@ impl DeliveryHandle {
     pub fn wake(&self) {
         self.notify.notify_one();
     }
+
+    /// SMTP sessions open now, in use or idle (the `smtp_sessions_open` metric).
+    pub fn open_sessions(&self) -> usize {
+        self.pool.get().map(SmtpPool::open_sessions).unwrap_or(0)
+    }
 }
 
 /// Longest sleep when nothing is due: a safety net, the worker is normally woken.
 const IDLE_SLEEP: Duration = Duration::from_secs(30);
 /// How long shutdown waits for attempts under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
-/// Recipients claimed per free slot at once.
+/// Groups claimed ahead per slot: enough to keep every slot busy between claims.
 const CLAIM_PER_SLOT: usize = 8;
+/// Most recipients per claim transaction.
+const MAX_CLAIM: usize = 1000;
+/// Most outcomes per recorder transaction.
+const MAX_RECORD_BATCH: usize = 2000;
+
+/// Recipients that go out together: one message, one destination.
+struct Group {
+    /// The destination's limit key: "" for test mode (no SMTP), the relay, or the domain.
+    dest: String,
+    source: MessageSource,
+    recipients: Vec<Claimed>,
+    /// The message (live mode), loaded after the claim.
+    message: Option<Arc<Message>>,
+}
+
+/// What every delivery task needs.
+struct Shared {
+    live: Result<LiveTransport, String>,
+    schedule: Vec<Duration>,
+    recorder: mpsc::UnboundedSender<Vec<Outcome>>,
+}
 
 pub struct Worker {
     db: Db,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     handle: DeliveryHandle,
-    live: Arc<LiveTransport>,
 }
 
 impl Worker {
@@ -54,35 +92,68 @@ impl Worker {
         metrics: Arc<Metrics>,
         handle: DeliveryHandle,
     ) -> Worker {
-        let live = Arc::new(LiveTransport::new(&config, metrics.clone()));
         Worker {
             db,
             config,
             metrics,
             handle,
-            live,
         }
     }
 
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true. The SMTP pool is made here, in the runtime that
+    /// runs the deliveries.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.delivery.concurrency));
+        let live = LiveTransport::new(&self.config).map_err(|e| {
+            tracing::error!(error = %e, "live delivery is unavailable");
+            e.to_string()
+        });
+        if let Ok(live) = &live {
+            let _ = self.handle.pool.set(live.pool().clone());
+        }
+        let (recorder_tx, recorder_rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_loop(
+            self.db.clone(),
+            self.metrics.clone(),
+            self.handle.clone(),
+            self.config.delivery_retry_schedule(),
+            recorder_rx,
+        ));
+        let shared = Arc::new(Shared {
+            live,
+            schedule: self.config.delivery_retry_schedule(),
+            recorder: recorder_tx,
+        });
+        let concurrency = self.config.delivery.concurrency.max(1);
+        let per_dest = self.config.delivery.sessions_per_destination();
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut dests: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let mut pending = Pending::default();
         let mut tasks: JoinSet<()> = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             while tasks.try_join_next().is_some() {}
-            let free = slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    _ = tasks.join_next() => {}
-                    _ = shutdown.changed() => {}
-                }
+            dispatch(
+                &mut pending,
+                &slots,
+                &mut dests,
+                per_dest,
+                &mut tasks,
+                &shared,
+            );
+            // Claim in large batches: when fewer groups wait than there are slots, top the
+            // buffer up to CLAIM_PER_SLOT groups per slot. Small claims (one per finished
+            // group) would make every delivery wait for a claim transaction.
+            if pending.len() >= concurrency {
+                wait_for_task(&mut tasks, &mut shutdown).await;
                 continue;
             }
-            let limit = (free * CLAIM_PER_SLOT).min(1000);
-            let claimed = match self.db.write(move |c| queue::claim_due(c, limit)).await {
+            let room = (concurrency * CLAIM_PER_SLOT)
+                .min(MAX_CLAIM)
+                .saturating_sub(pending.len())
+                .max(1);
+            let claim = match self.db.write(move |c| queue::claim_due(c, room)).await {
                 Ok(c) => c,
                 Err::<_, StoreError>(e) => {
                     tracing::error!(error = %e, "claiming due recipients failed");
@@ -90,44 +161,40 @@ impl Worker {
                     continue;
                 }
             };
-            if claimed.is_empty() {
-                let wait = match self.db.read(queue::next_due_in).await {
-                    Ok(Some(secs)) => Duration::from_secs(secs.max(0) as u64).min(IDLE_SLEEP),
-                    Ok(None) => IDLE_SLEEP,
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading the queue failed");
-                        Duration::from_secs(1)
-                    }
-                };
-                // Due times are whole seconds: a recipient due "now" may be a moment away.
-                let wait = wait.max(Duration::from_millis(50));
-                tokio::select! {
-                    _ = self.handle.notify.notified() => {}
-                    _ = tokio::time::sleep(if wait.is_zero() { Duration::from_millis(200) } else { wait }) => {}
-                    _ = shutdown.changed() => {}
+            for _ in 0..claim.suppressed {
+                self.metrics.delivery("suppressed");
+            }
+            if claim.claimed.is_empty() {
+                if !pending.is_empty() {
+                    // Waiting for a busy destination; a finishing group frees it.
+                    wait_for_task(&mut tasks, &mut shutdown).await;
+                    continue;
                 }
+                self.sleep_until_due(&mut shutdown).await;
                 continue;
             }
-            for group in self.group(claimed) {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let db = self.db.clone();
-                let config = self.config.clone();
-                let metrics = self.metrics.clone();
-                let live = self.live.clone();
-                let handle = self.handle.clone();
-                tasks.spawn(async move {
-                    // A deferred recipient has a new due time that the worker, asleep until
-                    // the lease of this very attempt would expire, does not know about.
-                    if deliver_group(db, config, metrics, live, group).await {
-                        handle.wake();
-                    }
-                    drop(permit);
-                });
+            match self.load(self.group(claim.claimed)).await {
+                Ok(groups) => groups.into_iter().for_each(|g| pending.push(g)),
+                Err(ids) => {
+                    // Leave them to the next claim rather than to their lease.
+                    let _ = self.db.write(move |c| queue::release(c, &ids)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
-        // Shutdown: finish the attempts under way, within a grace period.
+
+        // Shutdown: what was claimed but not started goes back to the queue at once.
+        let unstarted: Vec<i64> = pending
+            .drain()
+            .flat_map(|g| g.recipients.into_iter().map(|c| c.rcpt_id))
+            .collect();
+        if !unstarted.is_empty() {
+            let released = self.db.write(move |c| queue::release(c, &unstarted)).await;
+            if let Err::<_, StoreError>(e) = released {
+                tracing::warn!(error = %e, "claimed recipients stay leased until the next start");
+            }
+        }
+        // Finish the transactions under way, within a grace period.
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -137,76 +204,290 @@ impl Worker {
                 "delivery attempts still running at shutdown; they will be retried at the next start"
             );
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
-        self.live.shutdown().await;
+        // The recorder ends once every sender (the tasks' and ours) is gone.
+        let shared = match Arc::try_unwrap(shared) {
+            Ok(shared) => shared,
+            Err(_) => {
+                tracing::error!("delivery tasks outlived the worker");
+                return;
+            }
+        };
+        let Shared {
+            live,
+            recorder: recorder_tx,
+            ..
+        } = shared;
+        drop(recorder_tx);
+        let _ = recorder.await;
+        if let Ok(live) = live {
+            live.shutdown().await;
+        }
     }
 
-    /// One group per email and destination: test mode and relay per email, direct mode per
-    /// email and recipient domain (one SMTP transaction per domain).
-    fn group(&self, claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
+    /// Sleeps until the next recipient is due, a wake-up, or shutdown.
+    async fn sleep_until_due(&self, shutdown: &mut watch::Receiver<bool>) {
+        let wait = match self.db.read(queue::next_due_in).await {
+            Ok(Some(secs)) => Duration::from_secs(secs.max(0) as u64).min(IDLE_SLEEP),
+            Ok(None) => IDLE_SLEEP,
+            Err::<_, StoreError>(e) => {
+                tracing::error!(error = %e, "reading the queue failed");
+                Duration::from_secs(1)
+            }
+        };
+        // Due times are whole seconds: a recipient due "now" may be a moment away.
+        let wait = wait.max(Duration::from_millis(200));
+        tokio::select! {
+            _ = self.handle.notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// One group per message and destination: test mode and relay per message, direct mode
+    /// per message and recipient domain (one SMTP transaction per domain).
+    fn group(&self, claimed: Vec<Claimed>) -> Vec<Group> {
         let direct = self.config.delivery.mode == DeliveryMode::Direct;
-        let mut groups: BTreeMap<(String, String), Vec<Claimed>> = BTreeMap::new();
+        let mut groups: BTreeMap<(MessageSource, String), Group> = BTreeMap::new();
         for c in claimed {
-            let domain = if direct && c.mode == Mode::Live {
-                c.domain.clone()
-            } else {
-                String::new()
+            let dest = match c.mode {
+                Mode::Test => String::new(),
+                Mode::Live if direct => c.domain.to_ascii_lowercase(),
+                Mode::Live => "relay".to_string(),
             };
+            let source = MessageSource::of(&c);
             groups
-                .entry((c.email_id.clone(), domain))
-                .or_default()
+                .entry((source.clone(), dest.clone()))
+                .or_insert_with(|| Group {
+                    dest,
+                    source,
+                    recipients: Vec::new(),
+                    message: None,
+                })
+                .recipients
                 .push(c);
         }
         groups.into_values().collect()
     }
+
+    /// Loads the messages of the live groups in one read. `Err` gives back the recipient
+    /// ids when the database could not be read.
+    async fn load(&self, mut groups: Vec<Group>) -> Result<Vec<Group>, Vec<i64>> {
+        let mut sources: Vec<MessageSource> = groups
+            .iter()
+            .filter(|g| !g.dest.is_empty())
+            .map(|g| g.source.clone())
+            .collect();
+        if sources.is_empty() {
+            return Ok(groups);
+        }
+        sources.sort();
+        sources.dedup();
+        let messages = match self
+            .db
+            .read(move |c| queue::load_messages(c, &sources))
+            .await
+        {
+            Ok(m) => m,
+            Err::<_, StoreError>(e) => {
+                tracing::error!(error = %e, "loading messages failed; they go back to the queue");
+                return Err(groups
+                    .into_iter()
+                    .flat_map(|g| g.recipients.into_iter().map(|c| c.rcpt_id))
+                    .collect());
+            }
+        };
+        let mut missing = Vec::new();
+        groups.retain_mut(|g| {
+            if g.dest.is_empty() {
+                return true;
+            }
+            match messages.get(&g.source) {
+                Some(m) => {
+                    g.message = Some(m.clone());
+                    true
+                }
+                None => {
+                    missing.push(std::mem::take(&mut g.recipients));
+                    false
+                }
+            }
+        });
+        for recipients in missing {
+            tracing::error!(email_id = %recipients[0].email_id, "claimed recipients of a message that is gone");
+            let outcomes = live::all(
+                recipients,
+                AttemptResult::Deferred("the message could not be loaded".to_string()),
+            );
+            let schedule = self.config.delivery_retry_schedule();
+            let _ = self
+                .db
+                .write(move |c| queue::record_outcomes(c, &outcomes, &schedule))
+                .await;
+        }
+        Ok(groups)
+    }
 }
 
-/// Delivers one group and records the outcomes; true when a recipient was deferred (it has
-/// a new due time).
-async fn deliver_group(
-    db: Db,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    live: Arc<LiveTransport>,
-    group: Vec<Claimed>,
-) -> bool {
-    let schedule = config.delivery_retry_schedule();
-    let Some(first) = group.first() else {
-        return false;
-    };
-    let outcomes: Vec<Outcome> = if first.mode == Mode::Test {
-        group
+/// Claimed groups waiting to start, queued per destination so that starting one costs
+/// nothing for the groups of a destination that is full.
+#[derive(Default)]
+struct Pending {
+    by_dest: HashMap<String, VecDeque<Group>>,
+    /// Destinations with waiting groups, served in turn.
+    order: VecDeque<String>,
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, group: Group) {
+        let queue = self.by_dest.entry(group.dest.clone()).or_default();
+        if queue.is_empty() {
+            self.order.push_back(group.dest.clone());
+        }
+        queue.push_back(group);
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Group> + '_ {
+        self.order.clear();
+        self.len = 0;
+        self.by_dest.drain().flat_map(|(_, queue)| queue)
+    }
+}
+
+/// Starts waiting groups while there is a global slot, each destination in turn as far as
+/// its own limit allows; the others keep waiting.
+fn dispatch(
+    pending: &mut Pending,
+    slots: &Arc<Semaphore>,
+    dests: &mut HashMap<String, Arc<Semaphore>>,
+    per_dest: usize,
+    tasks: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+) {
+    let mut served = VecDeque::with_capacity(pending.order.len());
+    'destinations: while let Some(dest) = pending.order.pop_front() {
+        let Some(queue) = pending.by_dest.get_mut(&dest) else {
+            continue;
+        };
+        // Test mode ("") has no SMTP destination and no limit of its own.
+        let dest_sem = (!dest.is_empty()).then(|| {
+            dests
+                .entry(dest.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(per_dest)))
+                .clone()
+        });
+        while !queue.is_empty() {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                served.push_back(dest);
+                break 'destinations;
+            };
+            let dest_slot = match &dest_sem {
+                None => None,
+                Some(sem) => match sem.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                },
+            };
+            let Some(group) = queue.pop_front() else {
+                break;
+            };
+            pending.len -= 1;
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                let outcomes = deliver_group(&shared, group).await;
+                let _ = shared.recorder.send(outcomes);
+                drop(dest_slot);
+                drop(slot);
+            });
+        }
+        if queue.is_empty() {
+            pending.by_dest.remove(&dest);
+        } else {
+            served.push_back(dest);
+        }
+    }
+    served.append(&mut pending.order);
+    pending.order = served;
+    // Forget destinations nobody uses (only the map holds their semaphore).
+    dests.retain(|_, sem| Arc::strong_count(sem) > 1);
+}
+
+/// Waits for a delivery task to finish (or shutdown).
+async fn wait_for_task(tasks: &mut JoinSet<()>, shutdown: &mut watch::Receiver<bool>) {
+    if tasks.is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return;
+    }
+    tokio::select! {
+        _ = tasks.join_next() => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// One attempt for a group: capture in test mode, SMTP in live mode.
+async fn deliver_group(shared: &Shared, group: Group) -> Vec<Outcome> {
+    let Some(message) = group.message else {
+        return group
+            .recipients
             .into_iter()
-            .map(|c| capture::capture(c, &schedule))
-            .collect()
-    } else {
-        let email_id = first.email_id.clone();
-        match db.read(move |c| queue::load_message(c, &email_id)).await {
-            Ok(Some((raw, envelope_from))) => live.deliver(&envelope_from, &raw, group).await,
-            Ok(None) => {
-                tracing::error!(email_id = %first.email_id, "claimed recipients of a missing email");
-                return false;
+            .map(|c| capture::capture(c, &shared.schedule))
+            .collect();
+    };
+    match &shared.live {
+        Ok(live) => live.deliver(&message, group.recipients).await,
+        Err(why) => live::all(
+            group.recipients,
+            AttemptResult::Deferred(format!("SMTP is unavailable: {why}")),
+        ),
+    }
+}
+
+/// Writes outcomes as they come, many groups per transaction, and counts them.
+async fn record_loop(
+    db: Db,
+    metrics: Arc<Metrics>,
+    handle: DeliveryHandle,
+    schedule: Vec<Duration>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Outcome>>,
+) {
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < MAX_RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let retry_soon = batch
+            .iter()
+            .any(|o| matches!(o.result, AttemptResult::Deferred(_)));
+        let schedule = schedule.clone();
+        match db
+            .write(move |c| queue::record_outcomes(c, &batch, &schedule))
+            .await
+        {
+            Ok(labels) => {
+                for label in labels {
+                    metrics.delivery(label);
+                }
             }
             Err::<_, StoreError>(e) => {
-                tracing::error!(error = %e, "loading a message failed; its lease will expire and it will be retried");
-                return false;
+                tracing::error!(error = %e, "recording delivery outcomes failed; the recipients will be retried when their lease expires");
             }
         }
-    };
-    let recorded = db
-        .write(move |c| queue::record_outcomes(c, &outcomes, &schedule))
-        .await;
-    match recorded {
-        Ok(labels) => {
-            let deferred = labels.contains(&"deferred");
-            for label in labels {
-                metrics.delivery(label);
-            }
-            deferred
-        }
-        Err::<_, StoreError>(e) => {
-            tracing::error!(error = %e, "recording delivery outcomes failed; the recipients will be retried when their lease expires");
-            false
+        if retry_soon {
+            // The worker may be asleep until a later due time than this retry's.
+            handle.wake();
         }
     }
 }

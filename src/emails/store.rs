@@ -341,6 +341,12 @@ fn attach_recipients(conn: &Connection, views: &mut [EmailView]) -> Result<(), S
             .or_insert(0) += 1;
         views[i].recipients.push(rv);
     }
+    // The status follows the recipients as they are now: the delivery worker does not
+    // rewrite the (large) email row when it claims queued recipients, only when they end.
+    for view in views.iter_mut().filter(|v| !v.recipient_counts.is_empty()) {
+        view.status =
+            derive_status(view.recipient_counts.iter().map(|(s, n)| (s.as_str(), *n))).to_string();
+    }
     Ok(())
 }
 

@@ -37,6 +37,9 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         metrics.queue_depth.set(depth);
         metrics.oldest_due_age_seconds.set(oldest);
     }
+    metrics
+        .smtp_sessions_open
+        .set(state.delivery.open_sessions() as i64);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.encode())

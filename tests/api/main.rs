@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod content;
 mod dashboard;
+mod delivery;
 mod domains;
 mod emails;
 mod idempotency;

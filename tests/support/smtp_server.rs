@@ -48,6 +48,10 @@ pub struct SmtpServerOptions {
     /// Offer STARTTLS, answer 220, then break the handshake (send garbage and close):
     /// for testing the opportunistic fallback to plain text.
     pub broken_starttls: bool,
+    /// Address to listen on; `None` is 127.0.0.1 on a free port. Direct-mode tests bind a
+    /// second server on another loopback address (127.0.0.2) with the first one's port,
+    /// since `delivery.direct.port` is one port for every MX host.
+    pub bind: Option<SocketAddr>,
 }
 
 impl Default for SmtpServerOptions {
@@ -60,6 +64,7 @@ impl Default for SmtpServerOptions {
             max_size: 10 * 1024 * 1024,
             data_delay: None,
             broken_starttls: false,
+            bind: None,
         }
     }
 }
@@ -157,7 +162,10 @@ impl Drop for TestSmtpServer {
 impl TestSmtpServer {
     /// Binds 127.0.0.1:0 and starts accepting sessions.
     pub async fn start(options: SmtpServerOptions) -> TestSmtpServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let bind = options
+            .bind
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(bind)
             .await
             .expect("bind test SMTP server");
         let addr = listener.local_addr().expect("local addr");
