@@ -4,6 +4,7 @@
 //! workers); `main` and every integration test use it, so tests run the real thing.
 
 pub mod address;
+pub mod audiences;
 pub mod config;
 pub mod delivery;
 pub mod emails;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
+pub mod tracking;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Secret for signed tokens (tracking, unsubscribe, sessions), made on first start.
     pub server_secret: Arc<Vec<u8>>,
+    /// Wakes the worker that makes the copies of audience sends.
+    pub audience_sends: audiences::sender::SenderHandle,
 }
 
 /// Why the server could not start.
@@ -135,11 +139,15 @@ pub struct FirstKey {
 /// Every route of the app. Public routes first; everything under `/v1` requires a key. Routes
 /// under `/v1` are registered through utoipa-actix-web, so each one is in the OpenAPI document.
 pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.configure(ops::routes).service(
-        utoipa_actix_web::scope("/v1")
-            .wrap(from_fn(http::auth::require_api_key))
-            .configure(emails::routes::routes),
-    );
+    cfg.configure(ops::routes)
+        .configure(tracking::routes::routes)
+        .service(
+            utoipa_actix_web::scope("/v1")
+                .wrap(from_fn(http::auth::require_api_key))
+                .configure(emails::routes::routes)
+                .configure(audiences::routes::routes)
+                .configure(suppressions::routes::routes),
+        );
 }
 
 /// A running server and its workers.
@@ -149,6 +157,7 @@ pub struct Application {
     handle: ServerHandle,
     shutdown: watch::Sender<bool>,
     worker: Option<JoinHandle<()>>,
+    sender: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
     db: Db,
     first_key: Option<FirstKey>,
@@ -196,6 +205,8 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let delivery = DeliveryHandle::default();
+        let audience_sends = audiences::sender::SenderHandle::default();
+        let links = tracking::copies::Links::new(&config.server.public_url, &secret);
         let state = web::Data::new(AppState {
             config: config.clone(),
             db: db.clone(),
@@ -203,6 +214,7 @@ impl Application {
             delivery: delivery.clone(),
             in_flight: InFlight::default(),
             server_secret: Arc::new(secret),
+            audience_sends: audience_sends.clone(),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),
@@ -256,6 +268,9 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+        let sender =
+            audiences::sender::Sender::new(db.clone(), links, delivery.clone(), audience_sends);
+        let sender = tokio::spawn(sender.run(shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintenance_loop(db.clone(), shutdown_rx));
         delivery.wake();
 
@@ -265,6 +280,7 @@ impl Application {
             handle,
             shutdown,
             worker: Some(worker),
+            sender: Some(sender),
             maintenance,
             db,
             first_key,
@@ -299,6 +315,9 @@ impl Application {
         let _ = self.shutdown.send(true);
         if let Some(worker) = self.worker.take() {
             let _ = worker.await;
+        }
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.await;
         }
         self.maintenance.abort();
         let db = self.db.clone();

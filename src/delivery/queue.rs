@@ -24,6 +24,9 @@ pub struct Claimed {
     pub domain: String,
     /// Attempts made before this one.
     pub attempts: i64,
+    /// The recipient has its own copy of the message (marketing and tracked emails), so it
+    /// is sent in a transaction of its own.
+    pub own_copy: bool,
 }
 
 /// Puts recipients leased by a dead process back in the queue. At start every lease belongs
@@ -44,10 +47,12 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Vec<Claimed>, StoreE
     let now = time::now();
     let lease_until = now + LEASE.as_secs() as i64;
     let mut select = conn.prepare_cached(
-        "SELECT id, email_id, mode, address, domain, attempts, status FROM recipients
+        "SELECT id, email_id, mode, address, domain, attempts, status, raw IS NOT NULL
+         FROM recipients
          WHERE status IN ('queued', 'deferred', 'scheduled') AND next_attempt_at <= ?1
          UNION ALL
-         SELECT id, email_id, mode, address, domain, attempts, status FROM recipients
+         SELECT id, email_id, mode, address, domain, attempts, status, raw IS NOT NULL
+         FROM recipients
          WHERE status = 'sending' AND lease_until <= ?1
          LIMIT ?2",
     )?;
@@ -62,6 +67,7 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Vec<Claimed>, StoreE
                     address: r.get(3)?,
                     domain: r.get(4)?,
                     attempts: r.get(5)?,
+                    own_copy: r.get(7)?,
                 },
                 r.get::<_, String>(6)?,
             ))
@@ -111,15 +117,19 @@ pub fn next_due_in(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(next.map(|t| t - time::now()))
 }
 
-/// The message of an email: its MIME bytes and envelope sender.
+/// The message of an email: its MIME bytes and envelope sender. With `rcpt_id`, that
+/// recipient's own copy when it has one (marketing and tracked emails).
 pub fn load_message(
     conn: &Connection,
     email_id: &str,
+    rcpt_id: Option<i64>,
 ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT raw, envelope_from FROM emails WHERE id = ?1",
-            [email_id],
+            "SELECT coalesce((SELECT raw FROM recipients WHERE id = ?2 AND email_id = ?1), e.raw),
+                    e.envelope_from
+             FROM emails e WHERE e.id = ?1",
+            params![email_id, rcpt_id],
             |r| {
                 Ok((
                     r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),

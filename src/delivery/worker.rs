@@ -137,18 +137,20 @@ impl Worker {
     }
 
     /// One group per email and destination: test mode and relay per email, direct mode per
-    /// email and recipient domain (one SMTP transaction per domain).
+    /// email and recipient domain (one SMTP transaction per domain). A recipient with its own
+    /// copy of the message is a group of its own.
     fn group(&self, claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
         let direct = self.config.delivery.mode == DeliveryMode::Direct;
-        let mut groups: BTreeMap<(String, String), Vec<Claimed>> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, String, i64), Vec<Claimed>> = BTreeMap::new();
         for c in claimed {
             let domain = if direct && c.mode == Mode::Live {
                 c.domain.clone()
             } else {
                 String::new()
             };
+            let own = if c.own_copy { c.rcpt_id } else { 0 };
             groups
-                .entry((c.email_id.clone(), domain))
+                .entry((c.email_id.clone(), domain, own))
                 .or_default()
                 .push(c);
         }
@@ -172,7 +174,11 @@ async fn deliver_group(
             .collect()
     } else {
         let email_id = first.email_id.clone();
-        match db.read(move |c| queue::load_message(c, &email_id)).await {
+        let rcpt_id = first.own_copy.then_some(first.rcpt_id);
+        match db
+            .read(move |c| queue::load_message(c, &email_id, rcpt_id))
+            .await
+        {
             Ok(Some((raw, envelope_from))) => live.deliver(&envelope_from, &raw, group).await,
             Ok(None) => {
                 tracing::error!(email_id = %first.email_id, "claimed recipients of a missing email");

@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::http::idempotency::{self, Begin};
 use crate::http::{ApiError, ApiJson, Authenticated, List, PageRequest, json_body, json_response};
 use crate::store::time;
+use crate::tracking::copies::Links;
 
 /// Most items of one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -22,10 +23,11 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(send_batch)
         .service(list_emails)
         .service(get_email)
+        .service(super::recipients::list_recipients)
         .service(cancel_email);
 }
 
-/// Checks what this build cannot resolve yet: references to templates and audiences.
+/// Checks what this build cannot resolve yet: references to templates.
 fn check_references(r: &SendRequest) -> Result<(), ApiError> {
     if let Some(t) = &r.template_id {
         return Err(
@@ -33,20 +35,26 @@ fn check_references(r: &SendRequest) -> Result<(), ApiError> {
                 .with_field("template_id"),
         );
     }
-    if let Some(a) = &r.audience_id {
-        return Err(
-            ApiError::validation(format!("The audience '{a}' does not exist."))
-                .with_field("audience_id"),
-        );
-    }
     Ok(())
 }
 
-/// Parses and prepares one send request (CPU work: called off the async threads).
-fn prepare_one(auth: &Authenticated, request: SendRequest) -> Result<PreparedEmail, ApiError> {
+/// Parses and prepares one send request (CPU work: called off the async threads). Marketing
+/// and tracked emails get one copy per recipient (see `tracking::copies`).
+fn prepare_one(
+    auth: &Authenticated,
+    links: &Links,
+    request: SendRequest,
+) -> Result<PreparedEmail, ApiError> {
     check_references(&request)?;
+    let variables = request.variables.clone().unwrap_or_default();
     let draft = request.into_draft(false)?;
-    super::prepare(auth.mode(), auth.key_id(), draft)
+    let mut prepared = super::prepare(auth.mode(), auth.key_id(), draft)?;
+    crate::tracking::copies::personalize(&mut prepared, variables, links)?;
+    Ok(prepared)
+}
+
+fn links(state: &AppState) -> Links {
+    Links::new(&state.config.server.public_url, &state.server_secret)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -90,12 +98,25 @@ async fn send_email(
         Begin::Claimed(c) => Some(c),
         Begin::NoKey => None,
     };
-    let ApiJson { value, .. } = body;
-    let prepared = if value.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
+    let ApiJson { value, raw } = body;
+    if value.audience_id.is_some() {
+        let record = claim.as_ref().map(|c| c.record());
+        let bytes =
+            crate::audiences::sender::accept(&state, &auth, value, raw.to_vec(), record).await?;
+        drop(claim);
+        state.metrics.email_accepted("queued");
+        return Ok(json_response(StatusCode::OK, bytes));
+    }
+    let links = links(&state);
+    let heavy = value.attachments.as_ref().is_some_and(|a| !a.is_empty())
+        || value.email_type.as_deref() == Some("marketing")
+        || value.track_opens == Some(true)
+        || value.track_clicks == Some(true);
+    let prepared = if heavy {
         let auth = auth.clone();
-        blocking(move || prepare_one(&auth, value)).await??
+        blocking(move || prepare_one(&auth, &links, value)).await??
     } else {
-        prepare_one(&auth, value)?
+        prepare_one(&auth, &links, value)?
     };
     let record = claim.as_ref().map(|c| c.record());
     let (accepted, bytes) = state
@@ -182,6 +203,7 @@ async fn send_batch(
     };
     let ApiJson { value: items, .. } = body;
     let auth2 = auth.clone();
+    let links = links(&state);
     let (prepared, errors) = blocking(move || {
         let mut prepared = Vec::with_capacity(items.len());
         let mut errors = Vec::new();
@@ -193,7 +215,7 @@ async fn send_batch(
                     )
                     .with_field("audience_id"));
                 }
-                prepare_one(&auth2, r)
+                prepare_one(&auth2, &links, r)
             });
             match result {
                 Ok(p) => prepared.push(p),

@@ -54,7 +54,11 @@ pub async fn kernel(
             return Err(err);
         }
     };
-    if res.status().as_u16() >= 400 && !is_json(res.response().headers()) {
+    // The server's own HTML pages (the public link routes) keep their body.
+    if res.status().as_u16() >= 400
+        && !is_json(res.response().headers())
+        && !is_html(res.response().headers())
+    {
         let status = res.status();
         let (code, message) = error::code_for_status(status);
         let err = ApiError::new(status, code, message);
@@ -94,6 +98,13 @@ fn is_json(headers: &actix_web::http::header::HeaderMap) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn is_html(headers: &actix_web::http::header::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
 }
 
 /// The app's fallback: 405 when a route has the path but not the method, else 404.

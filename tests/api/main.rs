@@ -5,6 +5,9 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audiences;
 mod emails;
 mod kernel;
 mod openapi;
+mod suppressions;
+mod tracking;
