@@ -34,7 +34,7 @@ fn name_field(
     match v {
         None => Ok(Patch::Keep),
         Some(Value::Null) => Ok(Patch::Set(None)),
-        Some(Value::String(s)) => check_name(field, s).map(|s| Patch::Set(s)),
+        Some(Value::String(s)) => check_name(field, s).map(Patch::Set),
         Some(_) => Err(ContactError {
             field,
             message: format!("'{field}' must be a string or null."),

