@@ -370,3 +370,88 @@ async fn ten_thousand_contacts_in_one_call() {
     .await;
     assert_eq!(err["field"], "contacts");
 }
+
+#[tokio::test]
+async fn contacts_import_cli_upserts_and_reports_skipped_rows() {
+    let app = spawn_app().await;
+    let aud = create_audience(&app, &app.test_key, "Imported").await;
+    upsert(
+        &app,
+        &aud,
+        &json!({"email": "ana@example.org", "first_name": "Keep", "last_name": "Me"}),
+    )
+    .await;
+    let csv_path = app.dir.path().join("contacts.csv");
+    let mut csv = String::from("Email,First Name,last_name,Plan,City\n");
+    csv.push_str("ANA@example.org,,Lima,pro,Lisbon\n");
+    csv.push_str("not-an-address,Bad,Row,,\n");
+    csv.push_str(",No,Email,,\n");
+    for i in 0..1200 {
+        csv.push_str(&format!("user{i}@example.org,U{i},,free,\n"));
+    }
+    std::fs::write(&csv_path, csv).unwrap();
+    let db_path = app.config.database.path.clone();
+    let aud2 = aud.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailsflux"))
+            .args(["contacts", "import", "--audience", &aud2])
+            .arg(&csv_path)
+            .env("MAILSFLUX_DATABASE__PATH", &db_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1203 rows read: 1200 contacts created, 1 updated, 2 rows skipped"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("skipped line 3: 'email' must be a valid email address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("skipped line 4: the email cell is empty"),
+        "{stderr}"
+    );
+
+    let ana: Value = app
+        .get(
+            &format!("/v1/audiences/{aud}/contacts?email=ana@example.org"),
+            &app.test_key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ana = &ana["data"][0];
+    assert_eq!(
+        ana["first_name"], "Keep",
+        "an empty cell keeps the stored value"
+    );
+    assert_eq!(ana["last_name"], "Lima");
+    assert_eq!(ana["data"], json!({"Plan": "pro", "City": "Lisbon"}));
+    let a: Value = app
+        .get(&format!("/v1/audiences/{aud}"), &app.test_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["contact_count"], 1201);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsflux"))
+        .args([
+            "contacts",
+            "import",
+            "--audience",
+            "aud_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        ])
+        .arg(app.dir.path().join("contacts.csv"))
+        .env("MAILSFLUX_DATABASE__PATH", &app.config.database.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no audience with id"));
+}
