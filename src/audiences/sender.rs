@@ -332,19 +332,27 @@ fn render_all(
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    // The engine is sandboxed and bounded; a panic is a bug, and loud.
+                    tracing::error!(
+                        "rendering audience copies panicked; those contacts were skipped"
+                    );
+                    Vec::new()
+                })
+            })
             .collect()
     })
 }
 
-/// Stores one chunk of copies and the send's progress; ends the send when `last` is set.
-/// Nothing is added to an email canceled meanwhile.
+/// Stores one chunk of copies and the send's progress; ends the send when `finished`.
+/// Nothing is added to an email canceled meanwhile: the send ends (the `bool` says so).
 fn store_chunk(
     conn: &Connection,
     p: &Pending,
     copies: &[(Recipient, Result<Vec<u8>, String>)],
     finished: bool,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, bool), StoreError> {
     let now = time::now();
     let status: Option<String> = conn
         .query_row(
@@ -442,7 +450,7 @@ fn store_chunk(
             )?;
         }
     }
-    Ok(made)
+    Ok((made, canceled))
 }
 
 /// The background worker that makes the copies of audience sends.
@@ -469,7 +477,7 @@ impl Sender {
             if *shutdown.borrow() {
                 return;
             }
-            match self.step().await {
+            match self.step(&shutdown).await {
                 Ok(true) => continue,
                 Ok(false) => {
                     tokio::select! {
@@ -489,37 +497,75 @@ impl Sender {
         }
     }
 
-    /// Makes one chunk of one pending send. False when nothing is pending.
-    pub async fn step(&self) -> Result<bool, StoreError> {
-        let Some(pending) = self.db.read(next_pending).await? else {
+    /// Makes the copies of one pending send (until it is done or shutdown is asked). False
+    /// when nothing is pending.
+    pub async fn step(&self, shutdown: &watch::Receiver<bool>) -> Result<bool, StoreError> {
+        let Some(mut p) = self.db.read(next_pending).await? else {
             return Ok(false);
         };
-        let p = pending.clone();
-        let contacts = self
-            .db
-            .read(move |c| {
-                store::eligible_after(c, &p.audience_id, &p.cursor, &p.last_contact_id, CHUNK)
-            })
-            .await?;
-        let finished = contacts.len() < CHUNK;
         let links = self.links.clone();
-        let p = pending.clone();
-        let copies = tokio::task::spawn_blocking(move || match plan_for(&p, links) {
-            Ok(plan) => render_all(&plan, contacts),
-            Err(why) => contacts
-                .into_iter()
-                .map(|r| (r, Err(why.clone())))
-                .collect(),
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        let made = self
-            .db
-            .write(move |c| store_chunk(c, &pending, &copies, finished))
-            .await?;
+        let p0 = p.clone();
+        let plan = Arc::new(
+            tokio::task::spawn_blocking(move || plan_for(&p0, links))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?,
+        );
+        // Chunk n is written while chunk n + 1 is read and rendered.
+        let mut writing: Option<tokio::task::JoinHandle<Result<(usize, bool), StoreError>>> = None;
+        loop {
+            let q = p.clone();
+            let contacts = self
+                .db
+                .read(move |c| {
+                    store::eligible_after(c, &q.audience_id, &q.cursor, &q.last_contact_id, CHUNK)
+                })
+                .await?;
+            let finished = contacts.len() < CHUNK;
+            let next_cursor = contacts.last().map(|r| r.id.clone());
+            let plan = plan.clone();
+            let copies = tokio::task::spawn_blocking(move || match plan.as_ref() {
+                Ok(plan) => render_all(plan, contacts),
+                Err(why) => contacts
+                    .into_iter()
+                    .map(|r| (r, Err(why.clone())))
+                    .collect(),
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+            let stopped = match writing.take() {
+                Some(w) => self.finish_write(w).await?,
+                None => false,
+            };
+            if stopped {
+                return Ok(true);
+            }
+            let (db, chunk) = (self.db.clone(), p.clone());
+            writing = Some(tokio::spawn(async move {
+                db.write(move |c| store_chunk(c, &chunk, &copies, finished))
+                    .await
+            }));
+            if finished || *shutdown.borrow() {
+                break;
+            }
+            if let Some(cursor) = next_cursor {
+                p.cursor = cursor;
+            }
+        }
+        if let Some(w) = writing.take() {
+            self.finish_write(w).await?;
+        }
+        Ok(true)
+    }
+
+    /// Waits for a chunk's write; true when the send stopped (canceled meanwhile).
+    async fn finish_write(
+        &self,
+        w: tokio::task::JoinHandle<Result<(usize, bool), StoreError>>,
+    ) -> Result<bool, StoreError> {
+        let (made, stopped) = w.await.map_err(|e| StoreError::Task(e.to_string()))??;
         if made > 0 {
             self.delivery.wake();
         }
-        Ok(true)
+        Ok(stopped)
     }
 }

@@ -137,8 +137,8 @@ impl Worker {
     }
 
     /// One group per email and destination: test mode and relay per email, direct mode per
-    /// email and recipient domain (one SMTP transaction per domain). A recipient with its own
-    /// copy of the message is a group of its own.
+    /// email and recipient domain (one SMTP transaction per domain). A live recipient with
+    /// its own copy of the message is a group of its own.
     fn group(&self, claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
         let direct = self.config.delivery.mode == DeliveryMode::Direct;
         let mut groups: BTreeMap<(String, String, i64), Vec<Claimed>> = BTreeMap::new();
@@ -148,7 +148,12 @@ impl Worker {
             } else {
                 String::new()
             };
-            let own = if c.own_copy { c.rcpt_id } else { 0 };
+            // Test mode captures without reading the message, so copies need no own group.
+            let own = if c.own_copy && c.mode == Mode::Live {
+                c.rcpt_id
+            } else {
+                0
+            };
             groups
                 .entry((c.email_id.clone(), domain, own))
                 .or_default()

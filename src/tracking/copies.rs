@@ -188,8 +188,11 @@ impl CopyPlan {
                 if target.starts_with(&unsubscribe_prefix) {
                     return None;
                 }
+                // Recorded normalized (non-ASCII percent-encoded, IDNA host): what a browser
+                // would request, and always a valid `Location`. Unparsable links stay as they are.
+                let url = url::Url::parse(target).ok()?;
                 let mut c = self.claims(Kind::Click, recipient);
-                c.url = Some(target.to_string());
+                c.url = Some(url.to_string());
                 Some(self.links.url("t/c", &c))
             };
             let tracking = Tracking {

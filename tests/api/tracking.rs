@@ -397,7 +397,7 @@ async fn open_and_click_tracking() {
     let app = spawn_app().await;
     let mut body = mail();
     body["html"] = json!(
-        "<html><body><p>Hi</p><a href=\"https://shop.example/p?a=1&amp;b=2\">Shop</a> <a href=\"mailto:help@acme.test\">Help</a></body></html>"
+        "<html><body><p>Hi</p><a href=\"https://shop.example/p?a=1&amp;b=2\">Shop</a> <a href=\"mailto:help@acme.test\">Help</a> <a href=\"https://bücher.example/straße\">Books</a></body></html>"
     );
     body.as_object_mut().unwrap().remove("text");
     body["track_opens"] = json!(true);
@@ -435,6 +435,15 @@ async fn open_and_click_tracking() {
     let res = app.client.get(app.url(&click)).send().await.unwrap();
     assert_eq!(res.status(), 302);
     assert_eq!(res.headers()["location"], "https://shop.example/p?a=1&b=2");
+    // A link with non-ASCII characters redirects to its normalized form.
+    let after = &html[html.find(&click).unwrap() + click.len()..];
+    let second = link(after, "t/c").expect("a second tracked link");
+    let res = app.client.get(app.url(&second)).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(
+        res.headers()["location"],
+        "https://xn--bcher-kva.example/stra%C3%9Fe"
+    );
 
     let e = app.email(&app.test_key, id).await;
     let types: Vec<&str> = e["events"]
@@ -449,7 +458,10 @@ async fn open_and_click_tracking() {
     assert_eq!(clicked["detail"], "https://shop.example/p?a=1&b=2");
     let rcpts = recipients(&app, &app.test_key, id).await;
     assert_eq!(rcpts[0]["opens"], 2);
-    assert_eq!(rcpts[0]["clicks"], 1);
+    assert_eq!(
+        rcpts[0]["clicks"], 2,
+        "every click counts; the first is the event"
+    );
 }
 
 #[tokio::test]
@@ -519,4 +531,35 @@ async fn forged_and_unknown_tokens_are_404_pages() {
     let res = app.client.get(app.url(&click)).send().await.unwrap();
     assert_eq!(res.status(), 302);
     assert_eq!(res.headers()["location"], "https://shop.example/");
+}
+
+#[tokio::test]
+async fn audience_send_resumes_after_a_restart_without_duplicates() {
+    let app = spawn_app().await;
+    let contacts: Vec<Value> = (0..3_500)
+        .map(|i| json!({"email": format!("r{i}@example.org")}))
+        .collect();
+    let aud = audience_with(&app, json!(contacts)).await;
+    let sent = app
+        .send(
+            &json!({"from": "a@acme.test", "audience_id": aud, "subject": "s", "text": "t",
+                      "scheduled_at": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(sent["recipients"], 3500);
+    let app = app.restart().await;
+    let id = sent["id"].as_str().unwrap();
+    let e = app
+        .wait_email(&app.test_key, id, Duration::from_secs(30), |e| {
+            e["recipient_counts"]["scheduled"].as_u64().unwrap_or(0) >= 3500
+        })
+        .await;
+    assert_eq!(e["status"], "scheduled");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e = app.email(&app.test_key, id).await;
+    assert_eq!(
+        e["recipient_counts"],
+        json!({"scheduled": 3500}),
+        "each contact once"
+    );
 }
