@@ -172,6 +172,10 @@ CREATE TABLE audience_sends (
 ) STRICT;
 CREATE INDEX audience_sends_pending ON audience_sends (email_id) WHERE done_at IS NULL;
 
+-- Recipient counts per status of an email without reading the rows (audience sends have
+-- one row, with its own message copy, per contact).
+CREATE INDEX recipients_by_email_status ON recipients (email_id, status);
+
 -- Opens and clicks per recipient: the first of each is an event, every one is counted here.
 CREATE TABLE engagement (
     email_id        TEXT NOT NULL,

@@ -440,9 +440,11 @@ fn store_chunk(
             .query_row([&p.email_id], |_| Ok(()))
             .optional()?
             .is_some();
-        if any {
+        // The status is recomputed when the first copies exist and at the end, not per
+        // chunk: that is a count over all the email's recipients.
+        if any && (p.cursor.is_empty() || finished) {
             refresh_status(conn, &p.email_id)?;
-        } else if finished {
+        } else if !any && finished {
             // Everyone unsubscribed or was suppressed between the accept and now.
             conn.execute(
                 "UPDATE emails SET status = 'suppressed' WHERE id = ?1",
