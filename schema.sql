@@ -315,3 +315,57 @@ CREATE TABLE webhook_attempts (
     at          INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts (webhook_id, id DESC);
+-- Audiences, contacts, marketing sends and tracking (#5).
+-- An audience is a named list of contacts. `email_lower` makes the upsert by email ignore case.
+CREATE TABLE audiences (
+    id         TEXT PRIMARY KEY,
+    mode       TEXT NOT NULL CHECK (mode IN ('live', 'test')),
+    name       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX audiences_by_mode ON audiences (mode, id DESC);
+
+CREATE TABLE contacts (
+    id           TEXT PRIMARY KEY,
+    audience_id  TEXT NOT NULL REFERENCES audiences (id) ON DELETE CASCADE,
+    mode         TEXT NOT NULL,
+    email        TEXT NOT NULL,
+    email_lower  TEXT NOT NULL,
+    first_name   TEXT,
+    last_name    TEXT,
+    data_json    TEXT NOT NULL DEFAULT '{}',
+    unsubscribed INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX contacts_by_email ON contacts (audience_id, email_lower);
+CREATE INDEX contacts_by_audience ON contacts (audience_id, id);
+CREATE INDEX contacts_by_mode_email ON contacts (mode, email_lower);
+
+-- An audience send whose per-contact copies a background worker is still creating: it walks
+-- the audience's contacts in id order up to `last_contact_id` (the newest at accept time),
+-- `cursor` being the last one done, in the same transaction as the copies it made.
+CREATE TABLE audience_sends (
+    email_id        TEXT PRIMARY KEY REFERENCES emails (id) ON DELETE CASCADE,
+    mode            TEXT NOT NULL,
+    audience_id     TEXT NOT NULL,
+    request_json    TEXT NOT NULL,
+    last_contact_id TEXT NOT NULL,
+    cursor          TEXT NOT NULL DEFAULT '',
+    created         INTEGER NOT NULL DEFAULT 0,
+    done_at         INTEGER
+) STRICT;
+CREATE INDEX audience_sends_pending ON audience_sends (email_id) WHERE done_at IS NULL;
+
+-- Recipient counts per status of an email without reading the rows (audience sends have
+-- one row, with its own message copy, per contact).
+CREATE INDEX recipients_by_email_status ON recipients (email_id, status);
+
+-- Opens and clicks per recipient: the first of each is an event, every one is counted here.
+CREATE TABLE engagement (
+    email_id        TEXT NOT NULL,
+    recipient_lower TEXT NOT NULL,
+    opens           INTEGER NOT NULL DEFAULT 0,
+    clicks          INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (email_id, recipient_lower)
+) STRICT, WITHOUT ROWID;

@@ -4,6 +4,7 @@
 //! workers); `main` and every integration test use it, so tests run the real thing.
 
 pub mod address;
+pub mod audiences;
 pub mod config;
 pub mod dashboard;
 pub mod delivery;
@@ -17,6 +18,7 @@ pub mod postal;
 pub mod store;
 pub mod suppressions;
 pub mod templates;
+pub mod tracking;
 pub mod webhooks;
 
 use std::fs::File;
@@ -57,6 +59,8 @@ pub struct AppState {
     pub domains: Arc<domains::Domains>,
     /// Compiled user templates, shared by sends and previews.
     pub templates: Arc<templates::TemplateCache>,
+    /// Wakes the worker that makes the copies of audience sends.
+    pub audience_sends: audiences::sender::SenderHandle,
 }
 
 /// Why the server could not start.
@@ -152,6 +156,7 @@ pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
     cfg.configure(ops::routes)
         .configure(dashboard::routes)
         .configure(postal::routes::public_routes)
+        .configure(tracking::routes::routes)
         .service(
             utoipa_actix_web::scope("/v1")
                 .wrap(from_fn(http::auth::require_api_key))
@@ -159,7 +164,9 @@ pub fn configure_app(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) 
                 .configure(domains::routes::routes)
                 .configure(templates::routes::routes)
                 .configure(postal::routes::routes)
-                .configure(webhooks::routes::routes),
+                .configure(webhooks::routes::routes)
+                .configure(audiences::routes::routes)
+                .configure(suppressions::routes::routes),
         );
 }
 
@@ -172,6 +179,7 @@ pub struct Application {
     worker: Option<JoinHandle<()>>,
     dispatcher: Option<JoinHandle<()>>,
     postal_worker: Option<JoinHandle<()>>,
+    sender: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
     domain_checks: JoinHandle<()>,
     db: Db,
@@ -238,6 +246,8 @@ impl Application {
         let dispatcher = Dispatcher::new(db.clone(), &config, webhooks.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let domains = Arc::new(domains::Domains::new(db.clone(), config.clone()));
+        let audience_sends = audiences::sender::SenderHandle::default();
+        let links = tracking::copies::Links::new(&config.server.public_url, &secret);
         let state = web::Data::new(AppState {
             config: config.clone(),
             db: db.clone(),
@@ -248,6 +258,7 @@ impl Application {
             domains: domains.clone(),
             templates: Arc::new(templates::TemplateCache::default()),
             webhooks,
+            audience_sends: audience_sends.clone(),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),
@@ -305,6 +316,9 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+        let sender =
+            audiences::sender::Sender::new(db.clone(), links, delivery.clone(), audience_sends);
+        let sender = tokio::spawn(sender.run(shutdown_rx.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
         let domain_checks = tokio::spawn(domains::worker::run(domains, shutdown_rx.clone()));
         let postal_worker = tokio::spawn(
@@ -325,6 +339,7 @@ impl Application {
             worker: Some(worker),
             dispatcher: Some(dispatcher),
             postal_worker: Some(postal_worker),
+            sender: Some(sender),
             maintenance,
             domain_checks,
             db,
@@ -366,6 +381,9 @@ impl Application {
         }
         if let Some(dispatcher) = self.dispatcher.take() {
             let _ = dispatcher.await;
+        }
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.await;
         }
         self.maintenance.abort();
         let _ = (&mut self.domain_checks).await;

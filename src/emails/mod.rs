@@ -2,6 +2,7 @@
 //! (`request`), MIME building (`mime`) and storage (`store`).
 
 pub mod mime;
+pub mod recipients;
 pub mod request;
 pub mod routes;
 pub mod store;
@@ -53,5 +54,7 @@ pub fn prepare(
         message_id,
         created_at,
         api_key_id: api_key_id.to_string(),
+        copies: Vec::new(),
+        audience_id: None,
     })
 }

@@ -15,6 +15,7 @@ use crate::http::{
 };
 use crate::store::time;
 use crate::templates::send::SendRenderer;
+use crate::tracking::copies::Links;
 
 /// Most items of one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -25,33 +26,41 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(send_batch)
         .service(list_emails)
         .service(get_email)
+        .service(super::recipients::list_recipients)
         .service(cancel_email);
 }
 
-/// Checks what this build cannot resolve yet: references to audiences.
-fn check_references(r: &SendRequest) -> Result<(), ApiError> {
-    if let Some(a) = &r.audience_id {
-        return Err(
-            ApiError::validation(format!("The audience '{a}' does not exist."))
-                .with_field("audience_id"),
-        );
-    }
-    Ok(())
-}
-
-/// Parses and prepares one send request: renders its template, if it names one, and builds
-/// and signs the message. Reads the database and does CPU work: call it off the async threads.
+/// Parses and prepares one send request: renders its template, if it names one, builds and
+/// signs the message, and makes one copy per recipient for marketing and tracked emails
+/// (`tracking::copies`). Reads the database and does CPU work: call it off the async threads.
 fn prepare_one(
     state: &AppState,
     auth: &Authenticated,
     templates: &mut SendRenderer,
-    request: SendRequest,
+    links: &Links,
+    mut request: SendRequest,
 ) -> Result<PreparedEmail, ApiError> {
-    check_references(&request)?;
+    let marketing = request.email_type.as_deref() == Some("marketing");
+    if marketing && request.template_id.is_some() {
+        // The unsubscribe link differs per recipient: the template keeps the placeholder,
+        // which the per-recipient copies then fill.
+        request
+            .variables
+            .get_or_insert_with(Default::default)
+            .entry("unsubscribe_url")
+            .or_insert_with(|| Value::String("{{ unsubscribe_url }}".into()));
+    }
+    let variables = request.variables.clone().unwrap_or_default();
     let applied = templates.apply(request)?;
     let mut draft = applied.request.into_draft(false)?;
     draft.template_id = applied.template_id;
-    super::prepare(auth.mode(), auth.key_id(), draft, &state.domains.senders)
+    let mut prepared = super::prepare(auth.mode(), auth.key_id(), draft, &state.domains.senders)?;
+    crate::tracking::copies::personalize(&mut prepared, variables, links)?;
+    Ok(prepared)
+}
+
+fn links(state: &AppState) -> Links {
+    Links::new(&state.config.server.public_url, &state.server_secret)
 }
 
 fn renderer(state: &AppState, auth: &Authenticated) -> SendRenderer {
@@ -90,13 +99,23 @@ async fn send_email(
         Begin::Claimed(c) => Some(c),
         Begin::NoKey => None,
     };
-    let ApiJson { value, .. } = body;
-    // Always off the async threads: preparing renders templates, reads the sending domain
-    // and signs.
+    let ApiJson { value, raw } = body;
+    if value.audience_id.is_some() {
+        let record = claim.as_ref().map(|c| c.record());
+        let bytes =
+            crate::audiences::sender::accept(&state, &auth, value, raw.to_vec(), record).await?;
+        drop(claim);
+        state.metrics.email_accepted("queued");
+        return Ok(json_response(StatusCode::OK, bytes));
+    }
+    // Always off the async threads: preparing renders templates, reads the sending domain,
+    // signs and personalises.
     let auth2 = auth.clone();
     let state2 = state.clone();
     let mut templates = renderer(&state, &auth);
-    let prepared = blocking(move || prepare_one(&state2, &auth2, &mut templates, value)).await??;
+    let links = links(&state);
+    let prepared =
+        blocking(move || prepare_one(&state2, &auth2, &mut templates, &links, value)).await??;
     let record = claim.as_ref().map(|c| c.record());
     let (accepted, bytes) = state
         .db
@@ -184,6 +203,7 @@ async fn send_batch(
     let auth2 = auth.clone();
     let state2 = state.clone();
     let mut templates = renderer(&state, &auth);
+    let links = links(&state);
     let (prepared, errors) = blocking(move || {
         let mut prepared = Vec::with_capacity(items.len());
         let mut errors = Vec::new();
@@ -195,7 +215,7 @@ async fn send_batch(
                     )
                     .with_field("audience_id"));
                 }
-                prepare_one(&state2, &auth2, &mut templates, r)
+                prepare_one(&state2, &auth2, &mut templates, &links, r)
             });
             match result {
                 Ok(p) => prepared.push(p),

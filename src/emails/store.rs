@@ -34,6 +34,11 @@ pub struct PreparedEmail {
     pub envelope_from: String,
     pub created_at: i64,
     pub api_key_id: String,
+    /// Per-recipient copies (lower-cased address, MIME bytes) of marketing and tracked
+    /// emails: each carries the recipient's own unsubscribe and tracking links.
+    pub copies: Vec<(String, Vec<u8>)>,
+    /// The audience of an audience send (its recipients are added by a worker).
+    pub audience_id: Option<String>,
 }
 
 /// What the API answers for an accepted email.
@@ -85,9 +90,9 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
             subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json, html, text,
             raw, message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
-            scheduled_at, template_id)
+            scheduled_at, template_id, audience_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
     )?
     .execute(params![
         e.id,
@@ -106,7 +111,7 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
         d.html,
         d.text,
-        e.raw,
+        (!e.raw.is_empty()).then_some(&e.raw),
         e.message_id,
         d.track_opens,
         d.track_clicks,
@@ -114,14 +119,20 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         e.created_at,
         e.created_at,
         d.scheduled_at,
-        d.template_id
+        d.template_id,
+        e.audience_id
     ])?;
     let mut insert_rcpt = conn.prepare_cached(
         "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
-                                 next_attempt_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                 next_attempt_at, updated_at, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for (address, lower, domain, kind, status) in &rows {
+        let copy = e
+            .copies
+            .iter()
+            .find(|(l, _)| l == lower)
+            .map(|(_, raw)| raw);
         insert_rcpt.execute(params![
             e.id,
             e.mode.as_str(),
@@ -131,7 +142,8 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
             kind,
             status,
             (*status != "suppressed").then_some(due),
-            e.created_at
+            e.created_at,
+            copy
         ])?;
     }
     let first = if d.scheduled_at.is_some() {
@@ -306,7 +318,13 @@ fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailView> {
     })
 }
 
-/// Fills `recipients` and `recipient_counts` of several emails with one query.
+/// Most recipients shown inside an email object. An email with more (an audience send) has
+/// complete `recipient_counts` but an empty `recipients`: page through them with
+/// `GET /v1/emails/:id/recipients`.
+pub const INLINE_RECIPIENTS: u64 = 50;
+
+/// Fills `recipient_counts` of several emails, and `recipients` of those with at most
+/// [`INLINE_RECIPIENTS`], with two queries.
 fn attach_recipients(conn: &Connection, views: &mut [EmailView]) -> Result<(), StoreError> {
     if views.is_empty() {
         return Ok(());
@@ -317,28 +335,61 @@ fn attach_recipients(conn: &Connection, views: &mut [EmailView]) -> Result<(), S
         .map(|(i, v)| (v.id.clone(), i))
         .collect();
     let placeholders = vec!["?"; views.len()].join(",");
+    let ids: Vec<&dyn ToSql> = views.iter().map(|v| &v.id as &dyn ToSql).collect();
+    let mut counted: Vec<(usize, String, u64)> = Vec::new();
+    {
+        let sql = format!(
+            "SELECT email_id, status, count(*) FROM recipients
+             WHERE email_id IN ({placeholders}) GROUP BY email_id, status"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(ids.as_slice())?;
+        while let Some(r) = rows.next()? {
+            let email_id: String = r.get(0)?;
+            if let Some(&i) = index.get(&email_id) {
+                counted.push((i, r.get(1)?, r.get::<_, i64>(2)? as u64));
+            }
+        }
+    }
+    let mut totals = vec![0u64; views.len()];
+    for (i, status, n) in counted {
+        totals[i] += n;
+        *views[i].recipient_counts.entry(status).or_insert(0) += n;
+    }
+    let small: Vec<&dyn ToSql> = views
+        .iter()
+        .zip(&totals)
+        .filter(|(_, t)| (1..=INLINE_RECIPIENTS).contains(*t))
+        .map(|(v, _)| &v.id as &dyn ToSql)
+        .collect();
+    if small.is_empty() {
+        return Ok(());
+    }
+    let placeholders = vec!["?"; small.len()].join(",");
     let sql = format!(
         "SELECT email_id, address, status, attempts, last_response FROM recipients
          WHERE email_id IN ({placeholders}) ORDER BY id"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let ids: Vec<&dyn ToSql> = views.iter().map(|v| &v.id as &dyn ToSql).collect();
-    let mut rows = stmt.query(ids.as_slice())?;
+    let mut rows = stmt.query(small.as_slice())?;
+    let mut found: Vec<(usize, RecipientView)> = Vec::new();
     while let Some(r) = rows.next()? {
         let email_id: String = r.get(0)?;
         let Some(&i) = index.get(&email_id) else {
             continue;
         };
-        let rv = RecipientView {
-            email: r.get(1)?,
-            status: r.get(2)?,
-            attempts: r.get(3)?,
-            last_response: r.get(4)?,
-        };
-        *views[i]
-            .recipient_counts
-            .entry(rv.status.clone())
-            .or_insert(0) += 1;
+        found.push((
+            i,
+            RecipientView {
+                email: r.get(1)?,
+                status: r.get(2)?,
+                attempts: r.get(3)?,
+                last_response: r.get(4)?,
+            },
+        ));
+    }
+    drop(rows);
+    for (i, rv) in found {
         views[i].recipients.push(rv);
     }
     // The status follows the recipients as they are now: the delivery worker does not

@@ -2,6 +2,9 @@
 //! which type of email. `bounce`, `complaint` and `manual` block every send; `unsubscribe`
 //! blocks marketing only. Matching ignores case.
 
+pub mod routes;
+pub mod store;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 

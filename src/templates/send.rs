@@ -179,7 +179,12 @@ impl SendRenderer {
     /// except on audience sends, whose content is rendered per contact).
     pub fn apply(&mut self, mut request: SendRequest) -> Result<Applied, ApiError> {
         let Some(raw) = request.template_id.take() else {
-            if request.variables.is_some() && request.audience_id.is_none() {
+            // Marketing content is itself rendered per recipient (tracking::copies), so its
+            // variables are used even without a template.
+            if request.variables.is_some()
+                && request.audience_id.is_none()
+                && request.email_type.as_deref() != Some("marketing")
+            {
                 return Err(ApiError::validation(
                     "'variables' are only used with 'template_id'; name the template to render, or remove 'variables'.",
                 )

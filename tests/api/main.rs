@@ -5,6 +5,7 @@ mod helpers;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audiences;
 mod batch;
 mod browser;
 mod cli;
@@ -19,5 +20,7 @@ mod limits;
 mod mail;
 mod openapi;
 mod pagination;
+mod suppressions;
 mod templates;
+mod tracking;
 mod webhooks;

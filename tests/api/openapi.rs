@@ -34,6 +34,17 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/webhooks/{id}"),
     ("delete", "/v1/webhooks/{id}"),
     ("get", "/v1/webhooks/{id}/attempts"),
+    ("get", "/v1/emails/{id}/recipients"),
+    ("get", "/v1/audiences"),
+    ("post", "/v1/audiences"),
+    ("get", "/v1/audiences/{id}"),
+    ("delete", "/v1/audiences/{id}"),
+    ("post", "/v1/audiences/{id}/contacts"),
+    ("get", "/v1/audiences/{id}/contacts"),
+    ("delete", "/v1/audiences/{id}/contacts/{email}"),
+    ("get", "/v1/suppressions"),
+    ("post", "/v1/suppressions"),
+    ("delete", "/v1/suppressions/{email}"),
 ];
 
 async fn document(app: &crate::helpers::TestApp) -> Value {
