@@ -1,6 +1,7 @@
 //! Dashboard pages over the other capabilities: sending domains (records to publish, verify,
 //! reputation), templates (list, preview with sample variables), physical mail (list,
-//! tracking timeline) and webhooks (list, create, recent attempts). They read through each capability's store.
+//! tracking timeline), webhooks (list, create, recent attempts), audiences (contacts, CSV
+//! import) and suppressions (list, remove). They read through each capability's store.
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -9,10 +10,13 @@ use serde::Deserialize;
 
 use super::pages::{DashError, Layout, Signed, check_csrf, page};
 use crate::AppState;
+use crate::audiences::import::{self, ImportReport};
+use crate::audiences::store::{self as audience_store, AudienceView, ContactView};
 use crate::domains::routes::{DomainView, ReputationView, reputation_of};
 use crate::domains::store as domain_store;
 use crate::postal::store::{self as mail_store, MailView};
 use crate::store::StoreError;
+use crate::suppressions::store::{self as suppression_store, SuppressionView};
 use crate::templates::render::CompiledTemplate;
 use crate::templates::store::{self as template_store, TemplateView};
 use crate::webhooks::routes::create_endpoint;
@@ -28,7 +32,12 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .route("/mail/{id}", web::get().to(mail_piece))
         .route("/webhooks", web::get().to(webhooks))
         .route("/webhooks", web::post().to(create_webhook))
-        .route("/webhooks/{id}", web::get().to(webhook));
+        .route("/webhooks/{id}", web::get().to(webhook))
+        .route("/audiences", web::get().to(audiences))
+        .route("/audiences/{id}", web::get().to(audience))
+        .route("/audiences/{id}/import", web::post().to(import_contacts))
+        .route("/suppressions", web::get().to(suppressions))
+        .route("/suppressions/remove", web::post().to(remove_suppression));
 }
 
 #[derive(Template)]
@@ -357,4 +366,154 @@ async fn webhook(
         webhook,
         attempts,
     })
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/audiences.html")]
+struct AudiencesPage {
+    layout: Layout,
+    audiences: Vec<AudienceView>,
+}
+
+async fn audiences(state: web::Data<AppState>, signed: Signed) -> Result<HttpResponse, DashError> {
+    let mode = signed.mode;
+    let audiences = state
+        .db
+        .read(move |c| audience_store::list_audiences(c, mode, None, 200))
+        .await?;
+    page(&AudiencesPage {
+        layout: Layout::new(&signed, "audiences"),
+        audiences,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/audience.html")]
+struct AudiencePage {
+    layout: Layout,
+    audience: AudienceView,
+    contacts: Vec<ContactView>,
+    report: Option<ImportReport>,
+    error: Option<String>,
+}
+
+async fn render_audience(
+    state: &AppState,
+    signed: &Signed,
+    id: String,
+    report: Option<ImportReport>,
+    error: Option<String>,
+) -> Result<HttpResponse, DashError> {
+    let mode = signed.mode;
+    let found = state
+        .db
+        .read(move |c| -> Result<_, StoreError> {
+            let Some(audience) = audience_store::get_audience(c, mode, &id)? else {
+                return Ok(None);
+            };
+            let contacts =
+                audience_store::list_contacts(c, mode, &id, None, None, 100)?.unwrap_or_default();
+            Ok(Some((audience, contacts)))
+        })
+        .await?;
+    let (audience, contacts) = found.ok_or(DashError::NotFound)?;
+    page(&AudiencePage {
+        layout: Layout::new(signed, "audiences"),
+        audience,
+        contacts,
+        report,
+        error,
+    })
+}
+
+async fn audience(
+    state: web::Data<AppState>,
+    signed: Signed,
+    path: web::Path<String>,
+) -> Result<HttpResponse, DashError> {
+    render_audience(&state, &signed, path.into_inner(), None, None).await
+}
+
+#[derive(Deserialize)]
+struct ImportForm {
+    csrf: Option<String>,
+    csv: Option<String>,
+}
+
+/// Imports pasted CSV (header row: email, first_name, last_name, other columns into `data`)
+/// through the same code as `mailsflux contacts import`, which suits large files better.
+async fn import_contacts(
+    state: web::Data<AppState>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<ImportForm>,
+) -> Result<HttpResponse, DashError> {
+    check_csrf(&signed, form.csrf.as_deref())?;
+    let id = path.into_inner();
+    let mode = signed.mode;
+    let id2 = id.clone();
+    let exists = state
+        .db
+        .read(move |c| audience_store::get_audience(c, mode, &id2))
+        .await?
+        .is_some();
+    if !exists {
+        return Err(DashError::NotFound);
+    }
+    let csv = form.csv.clone().unwrap_or_default();
+    let db = state.db.clone();
+    let id2 = id.clone();
+    let result = web::block(move || import::import(&db, &id2, csv.as_bytes(), |_| {}))
+        .await
+        .map_err(|_| DashError::Internal)?;
+    match result {
+        Ok(report) => render_audience(&state, &signed, id, Some(report), None).await,
+        Err(e) => render_audience(&state, &signed, id, None, Some(e.to_string())).await,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/suppressions.html")]
+struct SuppressionsPage {
+    layout: Layout,
+    suppressions: Vec<SuppressionView>,
+}
+
+async fn suppressions(
+    state: web::Data<AppState>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let mode = signed.mode;
+    let suppressions = state
+        .db
+        .read(move |c| suppression_store::list(c, mode, None, None, None, 200))
+        .await?;
+    page(&SuppressionsPage {
+        layout: Layout::new(&signed, "suppressions"),
+        suppressions,
+    })
+}
+
+#[derive(Deserialize)]
+struct RemoveForm {
+    csrf: Option<String>,
+    email: Option<String>,
+}
+
+/// Removes an address from the suppression list, so it can receive mail again.
+async fn remove_suppression(
+    state: web::Data<AppState>,
+    signed: Signed,
+    form: web::Form<RemoveForm>,
+) -> Result<HttpResponse, DashError> {
+    check_csrf(&signed, form.csrf.as_deref())?;
+    let mode = signed.mode;
+    let email = form.email.clone().unwrap_or_default().trim().to_lowercase();
+    state
+        .db
+        .write(move |c| suppression_store::delete(c, mode, &email))
+        .await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/dashboard/suppressions"))
+        .finish())
 }

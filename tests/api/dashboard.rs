@@ -346,3 +346,60 @@ async fn webhook_endpoints_are_added_with_csrf_and_show_their_secret_once() {
         "a bad URL is explained on the page"
     );
 }
+
+#[tokio::test]
+async fn audiences_import_csv_and_suppressions_are_removed() {
+    let app = spawn_app().await;
+    app.create_admin(EMAIL, PASSWORD).await;
+    let key = app.test_key.clone();
+    let aud: serde_json::Value = app
+        .post("/v1/audiences", &key, &json!({"name": "Newsletter"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let aud = aud["id"].as_str().unwrap().to_string();
+    let res = app
+        .post(
+            "/v1/suppressions",
+            &key,
+            &json!({"email": "gone@example.org", "note": "<i>asked</i>"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let client = sign_in(&app).await;
+    let (status, html) = page(&client, &app, &format!("/dashboard/audiences/{aud}")).await;
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&html);
+    let csv = "email,first_name,plan\nana@example.org,Ana,pro\nnot an address,Bo,free\n";
+    let res = client
+        .post(app.url(&format!("/dashboard/audiences/{aud}/import")))
+        .form(&[("csrf", csrf.as_str()), ("csv", csv)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("1 created") && html.contains("1 skipped"),
+        "{html}"
+    );
+    assert!(html.contains("ana@example.org"));
+    let (status, html) = page(&client, &app, "/dashboard/suppressions").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("gone@example.org") && !html.contains("<i>asked</i>"));
+    let res = client
+        .post(app.url("/dashboard/suppressions/remove"))
+        .form(&[("csrf", csrf.as_str()), ("email", "gone@example.org")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let listed: serde_json::Value = app
+        .get("/v1/suppressions", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0);
+}
