@@ -56,10 +56,41 @@ async fn every_page_requires_a_session() {
         "/dashboard/inbox",
         "/dashboard/settings/api-keys",
         "/dashboard/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        "/dashboard/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF/html",
+        "/dashboard/emails/msg_01JNPXR4KQ8S2V3WZ6B7C9D0EF/raw",
+        "/dashboard/templates",
+        "/dashboard/templates/tpl_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        "/dashboard/domains",
+        "/dashboard/domains/dom_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        "/dashboard/mail",
+        "/dashboard/mail/mail_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        "/dashboard/webhooks",
+        "/dashboard/webhooks/whk_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        "/dashboard/audiences",
+        "/dashboard/audiences/aud_01JNPXR4KQ8S2V3WZ6B7C9D0EF",
+        "/dashboard/suppressions",
+        "/dashboard/mode/live",
     ] {
         let res = browser().get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 303, "{path}");
         assert_eq!(res.headers()["location"], "/dashboard/login", "{path}");
+    }
+    // Every form refuses a signed-out request too.
+    for path in [
+        "/dashboard/logout",
+        "/dashboard/settings/api-keys",
+        "/dashboard/webhooks",
+        "/dashboard/suppressions/remove",
+        "/dashboard/domains/dom_01JNPXR4KQ8S2V3WZ6B7C9D0EF/verify",
+        "/dashboard/audiences/aud_01JNPXR4KQ8S2V3WZ6B7C9D0EF/import",
+    ] {
+        let res = browser()
+            .post(app.url(path))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 303, "POST {path}");
     }
     let res = browser()
         .get(app.url("/dashboard/login"))
