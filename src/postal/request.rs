@@ -175,9 +175,10 @@ impl SendMailRequest {
             })?,
         };
         if self.template_id.is_some() {
+            // The route resolves `template_id` into `html` before this point.
             return Err(invalid(
                 "template_id",
-                "Stored templates are not supported for mail yet: send the content as 'html' (or 'front_html' and 'back_html') with 'variables'.",
+                "'template_id' could not be resolved; send the content as 'html' with 'variables'.",
             ));
         }
         let (to, from) = check_addresses(self.to.as_ref(), self.from.as_ref(), mode)?;

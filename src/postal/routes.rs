@@ -55,6 +55,42 @@ async fn validate_address(
     Ok(json_response(StatusCode::OK, json_body(&check)))
 }
 
+/// The HTML of a stored template for a letter (`template_id`, by id or name); it is then
+/// rendered with the send's `variables` like inline `html`. A template's layout wraps emails
+/// only: a letter prints the template's own HTML.
+async fn template_html(
+    state: &AppState,
+    mode: crate::keys::Mode,
+    raw: &str,
+    html_given: bool,
+) -> Result<String, ApiError> {
+    if html_given {
+        return Err(
+            ApiError::validation("Give either 'html' or 'template_id', not both.")
+                .with_field("template_id"),
+        );
+    }
+    let r = crate::templates::name::TemplateRef::parse(raw);
+    let found = state
+        .db
+        .read(move |c| crate::templates::store::find(c, mode, &r))
+        .await
+        .map_err(ApiError::from)?;
+    let template = found.ok_or_else(|| {
+        ApiError::validation(format!(
+            "The template '{raw}' does not exist in {} mode. Give a template id or name from GET /v1/templates.",
+            mode.as_str()
+        ))
+        .with_field("template_id")
+    })?;
+    template.parts.html.ok_or_else(|| {
+        ApiError::validation(format!(
+            "The template '{raw}' has no 'html' part, which a letter needs."
+        ))
+        .with_field("template_id")
+    })
+}
+
 /// Send a letter, postcard or parcel.
 #[utoipa::path(
     tag = "mail",
@@ -89,7 +125,10 @@ async fn send_mail(
         Begin::NoKey => None,
     };
     let mode = auth.mode();
-    let ApiJson { value, .. } = body;
+    let ApiJson { mut value, .. } = body;
+    if let Some(raw) = value.template_id.take() {
+        value.html = Some(template_html(&state, mode, &raw, value.html.is_some()).await?);
+    }
     // Address rules, template rendering and base64 are CPU work: off the async threads.
     let draft = blocking(move || value.into_draft(mode)).await??;
     let piece = NewPiece {

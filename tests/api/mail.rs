@@ -1283,3 +1283,42 @@ async fn the_lob_webhook_route_is_public_and_refuses_without_a_secret() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_letter_can_use_a_stored_template() {
+    let app = spawn_app().await;
+    let res = app
+        .post(
+            "/v1/templates",
+            &app.test_key,
+            &json!({"name": "letter-welcome", "html": "<p>Dear {{ name }}, welcome.</p>"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let mut body = letter();
+    body.as_object_mut().unwrap().remove("html");
+    body["template_id"] = json!("letter-welcome");
+    let sent: Value = app
+        .post("/v1/mail/send", &app.test_key, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().expect("accepted").to_string();
+    let piece: Value = app
+        .get(&format!("/v1/mail/{id}?include=content"), &app.test_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let html = piece["content"]["html"].as_str().unwrap();
+    assert!(html.contains("Dear Ana, welcome."), "{html}");
+    body["template_id"] = json!("no-such-template");
+    let err = assert_error(
+        app.post("/v1/mail/send", &app.test_key, &body).await,
+        422,
+        "validation_error",
+    )
+    .await;
+    assert_eq!(err["field"], "template_id");
+}
