@@ -317,8 +317,13 @@ impl Application {
             delivery.clone(),
         );
         let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
-        let sender =
-            audiences::sender::Sender::new(db.clone(), links, delivery.clone(), audience_sends);
+        let sender = audiences::sender::Sender::new(
+            db.clone(),
+            links,
+            delivery.clone(),
+            audience_sends,
+            domains.clone(),
+        );
         let sender = tokio::spawn(sender.run(shutdown_rx.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
         let domain_checks = tokio::spawn(domains::worker::run(domains, shutdown_rx.clone()));

@@ -277,7 +277,11 @@ fn next_pending(conn: &Connection) -> Result<Option<Pending>, StoreError> {
 
 /// The copy plan of a pending send, from the request it was accepted with and the content
 /// stored with the email (which is what was checked at accept).
-fn plan_for(p: &Pending, links: Links) -> Result<CopyPlan, String> {
+fn plan_for(
+    p: &Pending,
+    links: Links,
+    domains: &crate::domains::Domains,
+) -> Result<CopyPlan, String> {
     let mut request: SendRequest =
         serde_json::from_str(&p.request_json).map_err(|e| e.to_string())?;
     request.template_id = None;
@@ -286,6 +290,14 @@ fn plan_for(p: &Pending, links: Links) -> Result<CopyPlan, String> {
     draft.subject = p.subject.clone();
     draft.html = p.html.clone();
     draft.text = p.text.clone();
+    // Copies are signed like the single message of `emails::prepare`; a domain that lost
+    // its verification since the send was accepted leaves them unsigned.
+    let signer = domains
+        .senders
+        .for_email(p.mode, draft.from.address.domain())
+        .ok()
+        .flatten()
+        .map(Arc::new);
     CopyPlan::new(
         p.mode,
         &p.email_id,
@@ -296,6 +308,7 @@ fn plan_for(p: &Pending, links: Links) -> Result<CopyPlan, String> {
         variables,
         links,
     )
+    .map(|plan| plan.with_signer(signer))
     .map_err(|e| e.to_string())
 }
 
@@ -462,15 +475,23 @@ pub struct Sender {
     links: Links,
     delivery: DeliveryHandle,
     handle: SenderHandle,
+    domains: Arc<crate::domains::Domains>,
 }
 
 impl Sender {
-    pub fn new(db: Db, links: Links, delivery: DeliveryHandle, handle: SenderHandle) -> Sender {
+    pub fn new(
+        db: Db,
+        links: Links,
+        delivery: DeliveryHandle,
+        handle: SenderHandle,
+        domains: Arc<crate::domains::Domains>,
+    ) -> Sender {
         Sender {
             db,
             links,
             delivery,
             handle,
+            domains,
         }
     }
 
@@ -507,9 +528,10 @@ impl Sender {
             return Ok(false);
         };
         let links = self.links.clone();
+        let domains = self.domains.clone();
         let p0 = p.clone();
         let plan = Arc::new(
-            tokio::task::spawn_blocking(move || plan_for(&p0, links))
+            tokio::task::spawn_blocking(move || plan_for(&p0, links, &domains))
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?,
         );

@@ -27,7 +27,9 @@ pub fn prepare(
     draft: EmailDraft,
     senders: &Senders,
 ) -> Result<PreparedEmail, ApiError> {
-    let sender = senders.for_email(mode, draft.from.address.domain())?;
+    let sender = senders
+        .for_email(mode, draft.from.address.domain())?
+        .map(std::sync::Arc::new);
     let id = ids::new_id("msg");
     let created_at = time::now();
     let message_id = mime::message_id(&id, draft.from.address.domain());
@@ -56,5 +58,6 @@ pub fn prepare(
         api_key_id: api_key_id.to_string(),
         copies: Vec::new(),
         audience_id: None,
+        signer: sender,
     })
 }

@@ -39,6 +39,8 @@ pub struct PreparedEmail {
     pub copies: Vec<(String, Vec<u8>)>,
     /// The audience of an audience send (its recipients are added by a worker).
     pub audience_id: Option<String>,
+    /// The From domain's DKIM signer, so per-recipient copies are signed like `raw`.
+    pub signer: Option<std::sync::Arc<crate::domains::Sender>>,
 }
 
 /// What the API answers for an accepted email.

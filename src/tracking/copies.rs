@@ -59,6 +59,8 @@ pub enum CopyError {
     Html(String),
     #[error("the MIME message could not be built: {0}")]
     Mime(#[from] std::io::Error),
+    #[error("DKIM signing failed: {0}")]
+    Dkim(String),
 }
 
 /// Everything the copies of one email share.
@@ -72,6 +74,8 @@ pub struct CopyPlan {
     variables: Map<String, Value>,
     template: Option<CompiledTemplate>,
     links: Links,
+    /// Signs each copy with the From domain's DKIM key, when it has one.
+    signer: Option<std::sync::Arc<crate::domains::Sender>>,
 }
 
 /// True when an email needs one copy per recipient.
@@ -125,7 +129,18 @@ impl CopyPlan {
             variables,
             template,
             links,
+            signer: None,
         })
+    }
+
+    /// Signs every copy with this domain key (set for live and test sends from a sending
+    /// domain, like the single message of `emails::prepare`).
+    pub fn with_signer(
+        mut self,
+        signer: Option<std::sync::Arc<crate::domains::Sender>>,
+    ) -> CopyPlan {
+        self.signer = signer;
+        self
     }
 
     fn claims(&self, kind: Kind, recipient: &str) -> Claims {
@@ -205,7 +220,13 @@ impl CopyPlan {
             };
             draft.html = Some(html::apply(&html_body, &tracking).map_err(CopyError::Html)?);
         }
-        Ok(mime::build(&draft, &self.message_id, self.date, &extra)?)
+        let raw = mime::build(&draft, &self.message_id, self.date, &extra)?;
+        match &self.signer {
+            Some(signer) => signer
+                .sign(&raw)
+                .map_err(|e| CopyError::Dkim(e.to_string())),
+            None => Ok(raw),
+        }
     }
 }
 
@@ -230,7 +251,8 @@ pub fn personalize(
         variables,
         links.clone(),
     )
-    .map_err(|e| template_error(&e))?;
+    .map_err(|e| template_error(&e))?
+    .with_signer(p.signer.clone());
     let mut copies: Vec<(String, Vec<u8>)> = Vec::new();
     for (_, m) in p.draft.recipients() {
         let address = m.address.to_string();

@@ -872,3 +872,35 @@ async fn a_test_mode_domain_scores_its_test_mail_and_complaints_make_it_poor() {
     // The live mode has no such domain.
     assert_error(app.get(&path, &app.live_key).await, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn per_recipient_marketing_copies_are_signed_too() {
+    let dns = TestDnsServer::start().await;
+    let app = spawn_app_with(|c| with_dns(c, dns.addr())).await;
+    create(&app, &app.test_key, "acme.test").await;
+    let mut body = mail();
+    body["type"] = json!("marketing");
+    body["to"] = json!(["ana@example.org", "bo@example.org"]);
+    body["html"] = json!("<p>News. <a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>");
+    let sent = app.send(&body).await;
+    let id = sent["id"].as_str().unwrap();
+    let page = get(
+        &app,
+        &app.test_key,
+        &format!("/v1/emails/{id}/recipients?include=content"),
+    )
+    .await;
+    let copies = page["data"].as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    let mut links = Vec::new();
+    for copy in copies {
+        let raw = copy["raw"].as_str().expect("the copy's MIME");
+        assert!(
+            raw.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=mf; d=acme.test;"),
+            "{raw}"
+        );
+        let at = raw.find("List-Unsubscribe: <").expect("List-Unsubscribe") + 19;
+        links.push(raw[at..at + raw[at..].find('>').unwrap()].to_string());
+    }
+    assert_ne!(links[0], links[1], "each copy has its own unsubscribe link");
+}
