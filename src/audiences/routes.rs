@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::store::{self, DeleteContact};
 use crate::AppState;
@@ -156,10 +156,7 @@ async fn delete_audience(
     if !deleted {
         return Err(no_audience(&id, mode));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        json_body(&json!({"id": id, "deleted": true})),
-    ))
+    Ok(crate::http::deleted_response("id", &id))
 }
 
 /// Add or update contacts: one contact object or `{"contacts": [...]}` (up to 10,000), by
@@ -290,10 +287,7 @@ async fn delete_contact(
         .await
         .map_err(ApiError::from)?;
     match outcome {
-        DeleteContact::Deleted => Ok(json_response(
-            StatusCode::OK,
-            json_body(&json!({"email": email, "deleted": true})),
-        )),
+        DeleteContact::Deleted => Ok(crate::http::deleted_response("email", &email)),
         DeleteContact::NoAudience => Err(no_audience(&id, mode)),
         DeleteContact::NoContact => Err(ApiError::not_found(format!(
             "The audience '{id}' has no contact with the email '{email}'."

@@ -1,7 +1,7 @@
 //! SQL of the delivery queue: claiming due recipients with a lease, recording outcomes
 //! (status, attempts, retry time, events, suppressions) and the figures the metrics show.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,14 +65,10 @@ pub fn release(conn: &Connection, rcpt_ids: &[i64]) -> Result<usize, StoreError>
                 next_attempt_at = min(coalesce(next_attempt_at, ?2), ?2), updated_at = ?2
          WHERE id = ?1 AND status = 'sending' RETURNING email_id",
     )?;
-    let mut touched: Vec<String> = Vec::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     for id in rcpt_ids {
         let email_id: Option<String> = stmt.query_row(params![id, now], |r| r.get(0)).optional()?;
-        if let Some(email_id) = email_id
-            && !touched.contains(&email_id)
-        {
-            touched.push(email_id);
-        }
+        touched.extend(email_id);
     }
     for email_id in &touched {
         refresh_status(conn, email_id)?;
@@ -132,19 +128,19 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
                 updated_at = ?2
          WHERE id = ?1",
     )?;
-    let mut released: Vec<(String, Mode)> = Vec::new();
+    let mut released: BTreeMap<String, Mode> = BTreeMap::new();
     // Emails whose stored status must change now: scheduled ones (they leave `scheduled`,
     // which cancel relies on) and those with a suppressed recipient. Queued and deferred
     // recipients going out leave the email row alone: it holds the message and its bodies,
     // and SQLite rewrites a whole row on update, so the stored status is refreshed when
     // the outcome is recorded (the API derives the live status from the recipients).
-    let mut touched: Vec<String> = Vec::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut claim = Claim::default();
     for row in rows {
         let c = &row.claimed;
         let refresh = row.old_status == "scheduled";
-        if refresh && !touched.contains(&c.email_id) {
-            touched.push(c.email_id.clone());
+        if refresh {
+            touched.insert(c.email_id.clone());
         }
         let blocked =
             suppressions::blocking_reason(conn, c.mode, &row.address_lower, row.marketing)?;
@@ -162,14 +158,12 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
                     .detail(&detail),
             )?;
             claim.suppressed += 1;
-            if !touched.contains(&c.email_id) {
-                touched.push(c.email_id.clone());
-            }
+            touched.insert(c.email_id.clone());
             continue;
         }
         lease.execute(params![c.rcpt_id, lease_until, now])?;
-        if row.old_status == "scheduled" && !released.iter().any(|(id, _)| id == &c.email_id) {
-            released.push((c.email_id.clone(), c.mode));
+        if refresh {
+            released.insert(c.email_id.clone(), c.mode);
         }
         claim.claimed.push(row.claimed);
     }

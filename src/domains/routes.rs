@@ -317,10 +317,7 @@ async fn delete_domain(
         return Err(not_found(&id, mode));
     }
     state.domains.senders.forget(&id);
-    Ok(json_response(
-        StatusCode::OK,
-        json_body(&serde_json::json!({"id": id, "deleted": true})),
-    ))
+    Ok(crate::http::deleted_response("id", &id))
 }
 
 /// Look the domain's records up in DNS now and update its status.

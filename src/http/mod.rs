@@ -136,6 +136,15 @@ pub fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// The answer of every delete (API.md): `200 {"id": ..., "deleted": true}`, or `"email"`
+/// instead of `"id"` where the path names an email.
+pub fn deleted_response(key: &str, value: &str) -> HttpResponse {
+    json_response(
+        actix_web::http::StatusCode::OK,
+        json_body(&serde_json::json!({ key: value, "deleted": true })),
+    )
+}
+
 /// `200 application/json` with `body`.
 pub fn json_response(status: actix_web::http::StatusCode, body: Vec<u8>) -> HttpResponse {
     HttpResponse::build(status)

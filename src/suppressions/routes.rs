@@ -187,8 +187,5 @@ async fn delete_suppression(
             mode.as_str()
         )));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        json_body(&json!({"email": email, "deleted": true})),
-    ))
+    Ok(crate::http::deleted_response("email", &email))
 }

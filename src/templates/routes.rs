@@ -394,10 +394,7 @@ async fn delete_template(
         .await
         .map_err(|e| save_error(e, &raw, mode))?;
     send::forget(&state.templates, &id);
-    Ok(json_response(
-        StatusCode::OK,
-        json_body(&json!({"id": id, "deleted": true})),
-    ))
+    Ok(crate::http::deleted_response("id", &id))
 }
 
 /// Placeholder for `unsubscribe_url` in previews when the caller gives none: the real link

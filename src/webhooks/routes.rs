@@ -3,7 +3,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::signing::SigningKey;
 use super::store::{self, NewWebhook};
@@ -254,10 +253,7 @@ async fn delete_webhook(
     if !deleted {
         return Err(no_such(&id, &auth));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        json_body(&json!({"id": id, "deleted": true})),
-    ))
+    Ok(crate::http::deleted_response("id", &id))
 }
 
 /// Recent delivery attempts of an endpoint, newest first (kept 7 days): what was sent,
