@@ -28,8 +28,8 @@ CREATE TABLE api_keys (
     revoked_at   INTEGER
 ) STRICT;
 
--- One row per accepted email. `raw` is the MIME message as it will be sent (signed, when a
--- DKIM key applies); recipients of an audience send may carry their own copy instead.
+-- One row per accepted email. Migration 2 moves its html, text and raw (the MIME message as
+-- it will be sent) to `email_contents`.
 CREATE TABLE emails (
     id            TEXT PRIMARY KEY,
     mode          TEXT NOT NULL CHECK (mode IN ('live', 'test')),
@@ -369,3 +369,32 @@ CREATE TABLE engagement (
     clicks          INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (email_id, recipient_lower)
 ) STRICT, WITHOUT ROWID;
+
+-- migration: 2
+-- Message bodies apart from the rows that carry statuses. SQLite rewrites a whole row on
+-- every UPDATE, overflow pages included, and `emails` and `recipients` rows change status
+-- several times on their way (queued, sending, sent or delivered): with the bodies and the
+-- MIME message inline, each change copied kilobytes.
+--
+-- The MIME message (`raw`, signed when a DKIM key applies), html and text of each email.
+-- `raw` comes first: the delivery worker reads only it, and SQLite reads a row's columns
+-- in order, through overflow pages.
+CREATE TABLE email_contents (
+    email_id TEXT PRIMARY KEY REFERENCES emails (id) ON DELETE CASCADE,
+    raw      BLOB,
+    html     TEXT,
+    text     TEXT
+) STRICT;
+INSERT INTO email_contents (email_id, raw, html, text) SELECT id, raw, html, text FROM emails;
+ALTER TABLE emails DROP COLUMN html;
+ALTER TABLE emails DROP COLUMN text;
+ALTER TABLE emails DROP COLUMN raw;
+
+-- A recipient's own copy of the message (marketing, tracked and audience sends carry the
+-- recipient's unsubscribe and tracking links); the others get their email's `raw`.
+CREATE TABLE recipient_copies (
+    recipient_id INTEGER PRIMARY KEY REFERENCES recipients (id) ON DELETE CASCADE,
+    raw          BLOB NOT NULL
+) STRICT;
+INSERT INTO recipient_copies (recipient_id, raw) SELECT id, raw FROM recipients WHERE raw IS NOT NULL;
+ALTER TABLE recipients DROP COLUMN raw;

@@ -3,6 +3,10 @@
 //! [`Application::build`] turns a [`Config`] into a running server (HTTP API, background
 //! workers); `main` and every integration test use it, so tests run the real thing.
 
+/// Blocking threads of each HTTP worker (actix's default is 512 divided among the
+/// workers): SQLite reads and MIME building are short, and there are 8 read connections.
+pub const BLOCKING_THREADS_PER_WORKER: usize = 8;
+
 pub mod address;
 pub mod audiences;
 pub mod config;
@@ -306,6 +310,7 @@ impl Application {
         })?
         .disable_signals()
         .shutdown_timeout(20)
+        .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
         .run();
         let handle = server.handle();
 

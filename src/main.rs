@@ -405,9 +405,16 @@ fn keys_command(config: &DatabaseConfig, cmd: KeysCommand) -> ExitCode {
     }
 }
 
+/// Threads for blocking work (SQLite reads, MIME building) in the main runtime; actix's
+/// workers have their own ([`mailsflux::BLOCKING_THREADS_PER_WORKER`]). Tokio's default of
+/// 512 lets a burst of requests start dozens of threads, each keeping a malloc arena: on a
+/// small machine they add memory and no speed (there are only 8 read connections).
+const BLOCKING_THREADS: usize = 16;
+
 fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(r) => r,

@@ -148,7 +148,13 @@ pub async fn accept(
     let prepared = web_block(move || -> Result<_, ApiError> {
         let variables = request.variables.clone().unwrap_or_default();
         let draft = request.into_draft(false)?;
-        let mut prepared = crate::emails::prepare(mode, &key_id, draft, &domains.senders)?;
+        let mut prepared = crate::emails::prepare(
+            mode,
+            &key_id,
+            draft,
+            &domains.senders,
+            crate::store::ids::new_id("msg"),
+        )?;
         prepared.raw.clear();
         prepared.audience_id = Some(aud.clone());
         let plan = CopyPlan::new(
@@ -251,8 +257,9 @@ fn next_pending(conn: &Connection) -> Result<Option<Pending>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT s.email_id, s.mode, s.audience_id, s.request_json, s.last_contact_id, s.cursor,
-                    e.subject, e.html, e.text, e.message_id, e.created_at, e.scheduled_at
+                    e.subject, c.html, c.text, e.message_id, e.created_at, e.scheduled_at
              FROM audience_sends s JOIN emails e ON e.id = s.email_id
+             LEFT JOIN email_contents c ON c.email_id = e.id
              WHERE s.done_at IS NULL ORDER BY s.email_id LIMIT 1",
         )?
         .query_row([], |r| {
@@ -384,27 +391,16 @@ fn store_chunk(
         };
         let mut insert = conn.prepare_cached(
             "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
-                                     attempts, last_response, next_attempt_at, updated_at, raw,
+                                     attempts, last_response, next_attempt_at, updated_at,
                                      contact_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'to', ?6, 0, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, 'to', ?6, 0, ?7, ?8, ?9, ?10)",
         )?;
         for (r, copy) in copies {
             let lower = r.email.to_lowercase();
             let domain = lower.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            match copy {
-                Ok(raw) => insert.execute(params![
-                    p.email_id,
-                    p.mode.as_str(),
-                    r.email,
-                    lower,
-                    domain,
-                    initial,
-                    Option::<String>::None,
-                    due,
-                    now,
-                    raw,
-                    r.id
-                ])?,
+            // The recipient row: queued (or scheduled) with its copy, or failed with why.
+            let (status, last_response, next_attempt_at, raw) = match copy {
+                Ok(raw) => (initial, None, Some(due), Some(raw)),
                 Err(why) => {
                     let detail = format!("The copy for this contact could not be made: {why}");
                     events::record(
@@ -414,21 +410,24 @@ fn store_chunk(
                             .recipient(&r.email)
                             .detail(&detail),
                     )?;
-                    insert.execute(params![
-                        p.email_id,
-                        p.mode.as_str(),
-                        r.email,
-                        lower,
-                        domain,
-                        "failed",
-                        detail,
-                        Option::<i64>::None,
-                        now,
-                        Option::<Vec<u8>>::None,
-                        r.id
-                    ])?
+                    ("failed", Some(detail), None, None)
                 }
             };
+            insert.execute(params![
+                p.email_id,
+                p.mode.as_str(),
+                r.email,
+                lower,
+                domain,
+                status,
+                last_response,
+                next_attempt_at,
+                now,
+                r.id
+            ])?;
+            if let Some(raw) = raw {
+                crate::emails::store::insert_copy(conn, conn.last_insert_rowid(), raw)?;
+            }
             made += 1;
         }
     }

@@ -85,12 +85,14 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
     let lease_until = now + LEASE.as_secs() as i64;
     let mut select = conn.prepare_cached(
         "SELECT r.id, r.email_id, r.mode, r.address, r.domain, r.attempts, r.status,
-                r.raw IS NOT NULL, r.address_lower, e.type
+                EXISTS (SELECT 1 FROM recipient_copies c WHERE c.recipient_id = r.id),
+                r.address_lower, e.type
          FROM recipients r JOIN emails e ON e.id = r.email_id
          WHERE r.status IN ('queued', 'deferred', 'scheduled') AND r.next_attempt_at <= ?1
          UNION ALL
          SELECT r.id, r.email_id, r.mode, r.address, r.domain, r.attempts, r.status,
-                r.raw IS NOT NULL, r.address_lower, e.type
+                EXISTS (SELECT 1 FROM recipient_copies c WHERE c.recipient_id = r.id),
+                r.address_lower, e.type
          FROM recipients r JOIN emails e ON e.id = r.email_id
          WHERE r.status = 'sending' AND r.lease_until <= ?1
          LIMIT ?2",
@@ -180,8 +182,9 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
     Ok(claim)
 }
 
-/// Seconds until the next recipient becomes due (or its lease expires), if any waits.
-pub fn next_due_in(conn: &Connection) -> Result<Option<i64>, StoreError> {
+/// Milliseconds until the next recipient becomes due (or its lease expires), if any waits.
+/// Due times are whole seconds: one due at second `t` is claimable from the start of `t`.
+pub fn next_due_in_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
     let next: Option<i64> = conn
         .query_row(
             "SELECT min(t) FROM (
@@ -194,7 +197,7 @@ pub fn next_due_in(conn: &Connection) -> Result<Option<i64>, StoreError> {
         )
         .optional()?
         .flatten();
-    Ok(next.map(|t| t - time::now()))
+    Ok(next.map(|t| t * 1000 - time::now_ms()))
 }
 
 /// A message to send: its MIME bytes (as built at accept, so the `Message-ID` is the same
@@ -210,7 +213,7 @@ pub struct Message {
 pub enum MessageSource {
     /// The email's message (`emails.raw`).
     Email(String),
-    /// The recipient's own copy (`recipients.raw`).
+    /// The recipient's own copy (`recipient_copies`).
     Recipient(i64),
 }
 
@@ -230,11 +233,16 @@ pub fn load_messages(
     conn: &Connection,
     sources: &[MessageSource],
 ) -> Result<HashMap<MessageSource, Arc<Message>>, StoreError> {
-    let mut by_email =
-        conn.prepare_cached("SELECT raw, envelope_from FROM emails WHERE id = ?1")?;
+    let mut by_email = conn.prepare_cached(
+        "SELECT c.raw, e.envelope_from
+         FROM emails e LEFT JOIN email_contents c ON c.email_id = e.id WHERE e.id = ?1",
+    )?;
     let mut by_rcpt = conn.prepare_cached(
-        "SELECT coalesce(r.raw, e.raw), e.envelope_from
-         FROM recipients r JOIN emails e ON e.id = r.email_id WHERE r.id = ?1",
+        "SELECT coalesce(rc.raw, c.raw), e.envelope_from
+         FROM recipients r JOIN emails e ON e.id = r.email_id
+         LEFT JOIN recipient_copies rc ON rc.recipient_id = r.id
+         LEFT JOIN email_contents c ON c.email_id = e.id
+         WHERE r.id = ?1",
     )?;
     let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Message> {
         Ok(Message {

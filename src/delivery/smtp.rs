@@ -25,7 +25,7 @@ use std::{
 use hickory_resolver::TokioResolver;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::Semaphore,
     task::JoinSet,
@@ -36,6 +36,8 @@ use super::mx::{MxError, MxHost, resolve_mx};
 /// `smtp_proto::EXT_START_TLS` (mail-send does not re-export smtp-proto; the value is part
 /// of smtp-proto's stable 0.x API).
 const EXT_START_TLS: u32 = 1 << 24;
+/// `smtp_proto::EXT_PIPELINING` (RFC 2920), likewise.
+const EXT_PIPELINING: u32 = 1 << 19;
 
 /// Addresses tried per direct delivery before giving up (Postfix's
 /// `smtp_mx_address_limit`).
@@ -570,6 +572,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 struct Session {
     client: SmtpClient<Box<dyn Stream>>,
     messages: usize,
+    /// The server offered PIPELINING (RFC 2920) in its last EHLO answer.
+    pipelining: bool,
+    /// A transaction ran on this session: the next one starts with RSET, which also
+    /// checks that a pooled session still answers.
+    used: bool,
     _open: OpenGuard,
 }
 
@@ -628,14 +635,21 @@ async fn read_greeting<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// What the server's EHLO answer offered (nothing after a HELO).
+#[derive(Debug, Clone, Copy, Default)]
+struct Offered {
+    starttls: bool,
+    pipelining: bool,
+}
+
 /// Says EHLO (HELO if the server does not know EHLO), authenticates when credentials are
-/// given, and tells whether STARTTLS is offered.
+/// given, and tells what the server offers.
 async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     helo_name: &str,
     credentials: Option<&Credentials<String>>,
     target: &str,
-) -> Result<bool, SessionError> {
+) -> Result<Offered, SessionError> {
     let ehlo = match client.ehlo(helo_name).await {
         Ok(ehlo) => Some(ehlo),
         Err(mail_send::Error::UnexpectedReply(response)) if matches!(response.code, 500 | 502) => {
@@ -668,7 +682,14 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|e| SessionError::from_mail_send(target, Stage::Auth, e))?;
     }
-    Ok(ehlo.is_some_and(|e| e.has_capability(EXT_START_TLS)))
+    Ok(Offered {
+        starttls: ehlo
+            .as_ref()
+            .is_some_and(|e| e.has_capability(EXT_START_TLS)),
+        pipelining: ehlo
+            .as_ref()
+            .is_some_and(|e| e.has_capability(EXT_PIPELINING)),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -676,8 +697,10 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
 
 /// SMTP sessions pooled per destination, shared by all delivery tasks (cheap to clone).
 ///
-/// - A session carries several messages (RSET checks a pooled session before reuse) and is
-///   closed after `max_messages_per_connection`.
+/// - A session carries several messages (each transaction after the first starts with
+///   RSET, pipelined with its commands when the server offers PIPELINING; a pooled session
+///   the server closed meanwhile is replaced and the transaction run again) and is closed
+///   after `max_messages_per_connection`.
 /// - Idle sessions older than `idle_timeout` are closed with QUIT, by a background task
 ///   (when created inside a tokio runtime) and on every checkout.
 /// - At most `max_sessions_per_destination` sessions per destination are open; further
@@ -797,21 +820,35 @@ impl SmtpPool {
             .await
             .map_err(|_| SessionError::ShutDown)?;
 
-        let mut session = match self.take_idle(&dest_pool).await {
-            Some(session) => session,
-            None => self.open(dest).await?,
-        };
         let target = dest.to_string();
         let settings = &self.inner.settings;
-        let results = transaction(
-            &mut session,
-            settings,
-            &target,
-            envelope_from,
-            recipients,
-            message,
-        )
-        .await?;
+        let (mut session, mut pooled) = match self.take_idle(&dest_pool) {
+            Some(session) => (session, true),
+            None => (self.open(dest).await?, false),
+        };
+        let results = loop {
+            let attempt = transaction(
+                &mut session,
+                settings,
+                &target,
+                envelope_from,
+                recipients,
+                message,
+            )
+            .await;
+            match attempt {
+                Ok(results) => break results,
+                Err(failure) if pooled && failure.before_message => {
+                    // The server closed the pooled session while it waited (or it broke):
+                    // nothing of this transaction was taken, so it runs once more on a new
+                    // session.
+                    tracing::debug!(target = %target, error = %failure.error, "pooled SMTP session unusable; opening a new one");
+                    session = self.open(dest).await?;
+                    pooled = false;
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        };
 
         session.messages += 1;
         if session.messages >= settings.max_messages_per_connection
@@ -917,8 +954,9 @@ impl SmtpPool {
             .clone()
     }
 
-    /// The most recent idle session that still answers RSET; expired ones are closed.
-    async fn take_idle(&self, dest_pool: &DestPool) -> Option<Session> {
+    /// The most recent idle session; expired ones are closed. Whether it still works shows
+    /// in its next transaction, which starts with RSET (see [`transaction`]).
+    fn take_idle(&self, dest_pool: &DestPool) -> Option<Session> {
         let idle_timeout = self.inner.settings.idle_timeout;
         loop {
             let idle = lock(&dest_pool.idle).pop()?;
@@ -926,18 +964,7 @@ impl SmtpPool {
                 tokio::spawn(idle.session.quit());
                 continue;
             }
-            let mut session = idle.session;
-            session.client.timeout = self
-                .inner
-                .settings
-                .command_timeout
-                .min(Duration::from_secs(10));
-            if let Ok(response) = session.client.cmd(b"RSET\r\n").await
-                && (200..300).contains(&response.code)
-            {
-                return Some(session);
-            }
-            // The server closed it or answers nonsense: drop it and try the next one.
+            return Some(idle.session);
         }
     }
 
@@ -978,7 +1005,7 @@ impl SmtpPool {
             stream: tcp,
             timeout: settings.connect_timeout,
         };
-        let client = match dest.tls {
+        let (client, offered) = match dest.tls {
             TlsMode::Implicit => {
                 let mut client = boxed(
                     client
@@ -988,8 +1015,8 @@ impl SmtpPool {
                 );
                 client.timeout = settings.command_timeout;
                 read_greeting(&mut client, &target).await?;
-                hello(&mut client, helo, credentials.as_ref(), &target).await?;
-                client
+                let offered = hello(&mut client, helo, credentials.as_ref(), &target).await?;
+                (client, offered)
             }
             mode => {
                 client.timeout = settings.command_timeout;
@@ -1006,12 +1033,12 @@ impl SmtpPool {
                     &target,
                 )
                 .await?;
-                if mode == TlsMode::StartTls && !offered {
+                if mode == TlsMode::StartTls && !offered.starttls {
                     return Err(SessionError::StartTlsNotOffered {
                         target: target.clone(),
                     });
                 }
-                if wants_tls && offered {
+                if wants_tls && offered.starttls {
                     let response = client.cmd(b"STARTTLS\r\n").await.map_err(tls_error)?;
                     let reply = reply_of!(response);
                     if reply.code != 220 {
@@ -1029,20 +1056,22 @@ impl SmtpPool {
                             .map_err(tls_error)?,
                     );
                     client.timeout = settings.command_timeout;
-                    hello(&mut client, helo, credentials.as_ref(), &target).await?;
-                    client
+                    let offered = hello(&mut client, helo, credentials.as_ref(), &target).await?;
+                    (client, offered)
                 } else {
                     if wants_tls && credentials.is_some() {
                         // Opportunistic TLS was not offered: authenticate in plain text.
                         hello(&mut client, helo, credentials.as_ref(), &target).await?;
                     }
-                    boxed(client)
+                    (boxed(client), offered)
                 }
             }
         };
         Ok(Session {
             client,
             messages: 0,
+            pipelining: offered.pipelining,
+            used: false,
             _open: OpenGuard::new(&self.inner.open),
         })
     }
@@ -1160,7 +1189,47 @@ fn is_wire_safe(address: &str) -> bool {
         .any(|b| b.is_ascii_control() || matches!(b, b'<' | b'>' | b' '))
 }
 
-/// MAIL, RCPT..., DATA on an open session. `Err` leaves the session unusable.
+/// A transaction that got no usable answer; the session is unusable afterwards.
+#[derive(Debug)]
+struct Failure {
+    error: SessionError,
+    /// The fault came before the message was sent (while the commands were answered): on a
+    /// pooled session that the server had closed while it waited, the transaction can run
+    /// again on a new session with nothing delivered twice.
+    before_message: bool,
+}
+
+impl Failure {
+    fn before_message(error: SessionError) -> Failure {
+        Failure {
+            error,
+            before_message: true,
+        }
+    }
+
+    fn during_message(error: SessionError) -> Failure {
+        Failure {
+            error,
+            before_message: false,
+        }
+    }
+}
+
+/// The replies to the commands of one transaction.
+struct Replies {
+    mail: Reply,
+    /// One per recipient sent on the wire, in order.
+    rcpt: Vec<Reply>,
+    /// `None` when DATA was not sent (no recipient was accepted).
+    data: Option<Reply>,
+}
+
+/// MAIL, RCPT..., DATA and the message on an open session.
+///
+/// With PIPELINING (RFC 2920) the commands go out in one write (after an RSET when the
+/// session carried a transaction before) and their replies come back together: two round
+/// trips per message, where one command at a time takes four or five. Without it, one
+/// command at a time. The message goes out dot-stuffed in one write.
 async fn transaction(
     session: &mut Session,
     settings: &SmtpSettings,
@@ -1168,9 +1237,8 @@ async fn transaction(
     envelope_from: &str,
     recipients: &[String],
     message: &[u8],
-) -> Result<Vec<RcptResult>, SessionError> {
-    let client = &mut session.client;
-    client.timeout = settings.command_timeout;
+) -> Result<Vec<RcptResult>, Failure> {
+    session.client.timeout = settings.command_timeout;
     let all = |outcome: Outcome| -> Vec<RcptResult> {
         recipients
             .iter()
@@ -1180,7 +1248,6 @@ async fn transaction(
             })
             .collect()
     };
-
     if !is_wire_safe(envelope_from) {
         return Ok(all(Outcome::Rejected(Reply::local(
             553,
@@ -1188,93 +1255,227 @@ async fn transaction(
             "invalid sender address (not sent)",
         ))));
     }
-    let response = client
-        .cmd(format!("MAIL FROM:<{envelope_from}>\r\n"))
-        .await
-        .map_err(|e| SessionError::from_mail_send(target, Stage::MailFrom, e))?;
-    let reply = reply_of!(response);
-    if !reply.is_positive() {
-        rset(client, target).await?;
-        return Ok(all(Outcome::from_refusal(reply)));
-    }
-
-    let mut results = Vec::with_capacity(recipients.len());
-    let mut accepted = Vec::new();
-    for (index, recipient) in recipients.iter().enumerate() {
-        let outcome = if is_wire_safe(recipient) {
-            let response = client
-                .cmd(format!("RCPT TO:<{recipient}>\r\n"))
-                .await
-                .map_err(|e| SessionError::from_mail_send(target, Stage::RcptTo, e))?;
-            let reply = reply_of!(response);
-            if reply.is_positive() {
-                accepted.push(index);
-                Outcome::Accepted(reply)
-            } else {
-                Outcome::from_refusal(reply)
-            }
-        } else {
-            Outcome::Rejected(Reply::local(
+    let on_wire: Vec<usize> = (0..recipients.len())
+        .filter(|i| is_wire_safe(&recipients[*i]))
+        .collect();
+    let mut results: Vec<RcptResult> = recipients
+        .iter()
+        .map(|recipient| RcptResult {
+            recipient: recipient.clone(),
+            outcome: Outcome::Rejected(Reply::local(
                 553,
                 (5, 1, 3),
                 "invalid recipient address (not sent)",
-            ))
-        };
-        results.push(RcptResult {
-            recipient: recipient.clone(),
-            outcome,
-        });
-    }
-    if accepted.is_empty() {
-        rset(client, target).await?;
+            )),
+        })
+        .collect();
+    if on_wire.is_empty() {
         return Ok(results);
     }
+    let wire_rcpts: Vec<&str> = on_wire.iter().map(|i| recipients[*i].as_str()).collect();
+    let rset = session.used;
+    session.used = true;
+    let replies = if session.pipelining {
+        pipelined_commands(session, target, rset, envelope_from, &wire_rcpts).await?
+    } else {
+        one_by_one_commands(session, target, rset, envelope_from, &wire_rcpts).await?
+    };
+    let client = &mut session.client;
 
-    let response = client
-        .cmd(b"DATA\r\n")
-        .await
-        .map_err(|e| SessionError::from_mail_send(target, Stage::Data, e))?;
-    let reply = reply_of!(response);
-    let final_reply = if reply.code == 354 {
-        // mail-send ends the data with CRLF.CRLF; drop the message's own final CRLF so
-        // the server does not see an extra empty line.
-        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
+    if !replies.mail.is_positive() {
+        if replies.data.as_ref().is_some_and(|d| d.code == 354) {
+            end_empty_data(client, target).await?;
+        }
+        return Ok(all(Outcome::from_refusal(replies.mail)));
+    }
+    let mut accepted = Vec::new();
+    for (slot, reply) in on_wire.iter().zip(replies.rcpt) {
+        results[*slot].outcome = if reply.is_positive() {
+            accepted.push(*slot);
+            Outcome::Accepted(reply)
+        } else {
+            Outcome::from_refusal(reply)
+        };
+    }
+    let Some(data) = replies.data else {
+        return Ok(results);
+    };
+    if accepted.is_empty() {
+        // Pipelined DATA after every RCPT was refused: a server should refuse it (554),
+        // but one that answered 354 waits for a message; give it an empty one.
+        if data.code == 354 {
+            end_empty_data(client, target).await?;
+        }
+        return Ok(results);
+    }
+    let final_reply = if data.code == 354 {
+        let wire = dot_stuffed(message);
         let response = tokio::time::timeout(settings.data_timeout, async {
-            client.write_message(body).await?;
+            client.stream.write_all(&wire).await?;
+            client.stream.flush().await?;
             client.read().await
         })
         .await
-        .map_err(|_| SessionError::Timeout {
-            target: target.to_string(),
-            stage: Stage::Data,
+        .map_err(|_| {
+            Failure::during_message(SessionError::Timeout {
+                target: target.to_string(),
+                stage: Stage::Data,
+            })
         })?
-        .map_err(|e| SessionError::from_mail_send(target, Stage::Data, e))?;
+        .map_err(|e| {
+            Failure::during_message(SessionError::from_mail_send(target, Stage::Data, e))
+        })?;
         reply_of!(response)
     } else {
-        rset(client, target).await?;
-        reply
+        data
     };
-
     let outcome = if final_reply.is_positive() {
         Outcome::Accepted(final_reply)
     } else {
         Outcome::from_refusal(final_reply)
     };
-    for index in accepted {
-        results[index].outcome = outcome.clone();
+    for slot in accepted {
+        results[slot].outcome = outcome.clone();
     }
     Ok(results)
 }
 
-/// Resets the transaction after a refusal so the session can be reused.
-async fn rset<T: AsyncRead + AsyncWrite + Unpin>(
+/// RSET (when asked), MAIL, every RCPT and DATA in one write; then their replies.
+async fn pipelined_commands(
+    session: &mut Session,
+    target: &str,
+    rset: bool,
+    envelope_from: &str,
+    recipients: &[&str],
+) -> Result<Replies, Failure> {
+    use std::fmt::Write as _;
+    let mut commands = String::with_capacity(64 + 40 * recipients.len());
+    if rset {
+        commands.push_str("RSET\r\n");
+    }
+    let _ = write!(commands, "MAIL FROM:<{envelope_from}>\r\n");
+    for recipient in recipients {
+        let _ = write!(commands, "RCPT TO:<{recipient}>\r\n");
+    }
+    commands.push_str("DATA\r\n");
+    let expected = usize::from(rset) + recipients.len() + 2;
+    let stage = if rset { Stage::Rset } else { Stage::MailFrom };
+    // One write for every command (mail-send's `cmds` writes each on its own).
+    let client = &mut session.client;
+    let responses = tokio::time::timeout(client.timeout, async {
+        client.stream.write_all(commands.as_bytes()).await?;
+        client.stream.flush().await?;
+        client.read_many(expected).await
+    })
+    .await
+    .map_err(|_| {
+        Failure::before_message(SessionError::Timeout {
+            target: target.to_string(),
+            stage,
+        })
+    })?
+    .map_err(|e| Failure::before_message(SessionError::from_mail_send(target, stage, e)))?;
+    if responses.len() != expected {
+        return Err(Failure::before_message(SessionError::Protocol {
+            target: target.to_string(),
+            stage,
+            message: format!(
+                "{} replies to {expected} pipelined commands",
+                responses.len()
+            ),
+        }));
+    }
+    let mut replies = responses.into_iter().map(|r| reply_of!(r));
+    let mut next = || replies.next().expect("counted above");
+    if rset {
+        let reply = next();
+        if !reply.is_positive() {
+            return Err(Failure::before_message(SessionError::SessionRefused {
+                target: target.to_string(),
+                stage: Stage::Rset,
+                reply,
+            }));
+        }
+    }
+    let mail = next();
+    let rcpt = (0..recipients.len()).map(|_| next()).collect();
+    let data = Some(next());
+    Ok(Replies { mail, rcpt, data })
+}
+
+/// The same commands one at a time, for servers without PIPELINING.
+async fn one_by_one_commands(
+    session: &mut Session,
+    target: &str,
+    rset: bool,
+    envelope_from: &str,
+    recipients: &[&str],
+) -> Result<Replies, Failure> {
+    let client = &mut session.client;
+    let fault = |stage: Stage| {
+        move |e| Failure::before_message(SessionError::from_mail_send(target, stage, e))
+    };
+    if rset {
+        client.rset().await.map_err(fault(Stage::Rset))?;
+    }
+    let response = client
+        .cmd(format!("MAIL FROM:<{envelope_from}>\r\n"))
+        .await
+        .map_err(fault(Stage::MailFrom))?;
+    let mail = reply_of!(response);
+    if !mail.is_positive() {
+        return Ok(Replies {
+            mail,
+            rcpt: Vec::new(),
+            data: None,
+        });
+    }
+    let mut rcpt = Vec::with_capacity(recipients.len());
+    for recipient in recipients {
+        let response = client
+            .cmd(format!("RCPT TO:<{recipient}>\r\n"))
+            .await
+            .map_err(fault(Stage::RcptTo))?;
+        rcpt.push(reply_of!(response));
+    }
+    let data = if rcpt.iter().any(Reply::is_positive) {
+        let response = client.cmd(b"DATA\r\n").await.map_err(fault(Stage::Data))?;
+        Some(reply_of!(response))
+    } else {
+        None
+    };
+    Ok(Replies { mail, rcpt, data })
+}
+
+/// Ends a DATA the server opened although no recipient was accepted.
+async fn end_empty_data<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     target: &str,
-) -> Result<(), SessionError> {
+) -> Result<(), Failure> {
     client
-        .rset()
+        .cmd(b".\r\n")
         .await
-        .map_err(|e| SessionError::from_mail_send(target, Stage::Rset, e))
+        .map(|_| ())
+        .map_err(|e| Failure::during_message(SessionError::from_mail_send(target, Stage::Data, e)))
+}
+
+/// The message as it goes on the wire after DATA: a line that starts with a dot gets one
+/// more (RFC 5321 §4.5.2), the last line ends with CRLF, and `.` CRLF ends it.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut line_start = true;
+    for &byte in message {
+        if line_start && byte == b'.' {
+            wire.push(b'.');
+        }
+        wire.push(byte);
+        line_start = byte == b'\n';
+    }
+    if !wire.is_empty() && !wire.ends_with(b"\r\n") {
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b".\r\n");
+    wire
 }
 
 #[cfg(test)]

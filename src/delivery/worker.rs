@@ -15,6 +15,8 @@
 //!   the same message bytes and `Message-ID`, built when the email was accepted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -60,6 +62,17 @@ const CLAIM_PER_SLOT: usize = 8;
 const MAX_CLAIM: usize = 1000;
 /// Most outcomes per recorder transaction.
 const MAX_RECORD_BATCH: usize = 2000;
+
+/// How long a busy worker that found nothing due waits before looking again (a wake-up
+/// comes sooner when mail is accepted).
+const RECHECK_WHILE_BUSY: Duration = Duration::from_millis(200);
+
+/// What a claim brought.
+enum ClaimOutcome {
+    Groups(Vec<Group>),
+    Nothing,
+    Failed,
+}
 
 /// Recipients that go out together: one message, one destination.
 struct Group {
@@ -129,6 +142,12 @@ impl Worker {
         let mut dests: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut pending = Pending::default();
         let mut tasks: JoinSet<()> = JoinSet::new();
+        // The next claim runs while deliveries go on: waiting for it between deliveries
+        // would leave every slot idle for a write and a read each time.
+        let mut claiming: Option<Pin<Box<dyn Future<Output = ClaimOutcome> + Send + '_>>> = None;
+        // The last claim found nothing due: claim again on a wake-up or after a pause.
+        let mut queue_empty = false;
+        let buffer = (concurrency * CLAIM_PER_SLOT).min(MAX_CLAIM);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -142,45 +161,45 @@ impl Worker {
                 &mut tasks,
                 &shared,
             );
-            // Claim in large batches: when fewer groups wait than there are slots, top the
-            // buffer up to CLAIM_PER_SLOT groups per slot. Small claims (one per finished
-            // group) would make every delivery wait for a claim transaction.
-            if pending.len() >= concurrency {
-                wait_for_task(&mut tasks, &mut shutdown).await;
+            // Claim in large batches, ahead of need: top the buffer up once fewer groups
+            // wait than half of it. Small claims (one per finished group) would make every
+            // delivery wait for a claim transaction.
+            if claiming.is_none() && !queue_empty && pending.len() < buffer / 2 {
+                let room = buffer.saturating_sub(pending.len()).max(1);
+                claiming = Some(Box::pin(self.claim(room)));
+            }
+            if claiming.is_none() && tasks.is_empty() && pending.is_empty() {
+                self.sleep_until_due(&mut shutdown).await;
+                queue_empty = false;
                 continue;
             }
-            let room = (concurrency * CLAIM_PER_SLOT)
-                .min(MAX_CLAIM)
-                .saturating_sub(pending.len())
-                .max(1);
-            let claim = match self.db.write(move |c| queue::claim_due(c, room)).await {
-                Ok(c) => c,
-                Err::<_, StoreError>(e) => {
-                    tracing::error!(error = %e, "claiming due recipients failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            let claim = async {
+                match claiming.as_mut() {
+                    Some(claim) => claim.await,
+                    None => std::future::pending().await,
                 }
             };
-            for _ in 0..claim.suppressed {
-                self.metrics.delivery("suppressed");
-            }
-            if claim.claimed.is_empty() {
-                if !pending.is_empty() {
-                    // Waiting for a busy destination; a finishing group frees it.
-                    wait_for_task(&mut tasks, &mut shutdown).await;
-                    continue;
+            tokio::select! {
+                outcome = claim => {
+                    claiming = None;
+                    match outcome {
+                        ClaimOutcome::Groups(groups) => groups.into_iter().for_each(|g| pending.push(g)),
+                        ClaimOutcome::Nothing => queue_empty = true,
+                        ClaimOutcome::Failed => {}
+                    }
                 }
-                self.sleep_until_due(&mut shutdown).await;
-                continue;
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = self.handle.notify.notified(), if queue_empty => queue_empty = false,
+                // Due times pass while deliveries run; look again now and then.
+                _ = tokio::time::sleep(RECHECK_WHILE_BUSY), if queue_empty => queue_empty = false,
+                _ = shutdown.changed() => {}
             }
-            match self.load(self.group(claim.claimed)).await {
-                Ok(groups) => groups.into_iter().for_each(|g| pending.push(g)),
-                Err(ids) => {
-                    // Leave them to the next claim rather than to their lease.
-                    let _ = self.db.write(move |c| queue::release(c, &ids)).await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        }
+        // A claim under way has leased its recipients: take them, to give them back below.
+        if let Some(claim) = claiming.take()
+            && let ClaimOutcome::Groups(groups) = claim.await
+        {
+            groups.into_iter().for_each(|g| pending.push(g));
         }
 
         // Shutdown: what was claimed but not started goes back to the queue at once.
@@ -226,18 +245,45 @@ impl Worker {
         }
     }
 
+    /// Claims up to `room` due recipients and loads their messages, grouped.
+    async fn claim(&self, room: usize) -> ClaimOutcome {
+        let claim = match self.db.write(move |c| queue::claim_due(c, room)).await {
+            Ok(c) => c,
+            Err::<_, StoreError>(e) => {
+                tracing::error!(error = %e, "claiming due recipients failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return ClaimOutcome::Failed;
+            }
+        };
+        for _ in 0..claim.suppressed {
+            self.metrics.delivery("suppressed");
+        }
+        if claim.claimed.is_empty() {
+            return ClaimOutcome::Nothing;
+        }
+        match self.load(self.group(claim.claimed)).await {
+            Ok(groups) => ClaimOutcome::Groups(groups),
+            Err(ids) => {
+                // Leave them to the next claim rather than to their lease.
+                let _ = self.db.write(move |c| queue::release(c, &ids)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ClaimOutcome::Failed
+            }
+        }
+    }
+
     /// Sleeps until the next recipient is due, a wake-up, or shutdown.
     async fn sleep_until_due(&self, shutdown: &mut watch::Receiver<bool>) {
-        let wait = match self.db.read(queue::next_due_in).await {
-            Ok(Some(secs)) => Duration::from_secs(secs.max(0) as u64).min(IDLE_SLEEP),
+        let wait = match self.db.read(queue::next_due_in_ms).await {
+            Ok(Some(ms)) => Duration::from_millis(ms.max(0) as u64).min(IDLE_SLEEP),
             Ok(None) => IDLE_SLEEP,
             Err::<_, StoreError>(e) => {
                 tracing::error!(error = %e, "reading the queue failed");
                 Duration::from_secs(1)
             }
         };
-        // Due times are whole seconds: a recipient due "now" may be a moment away.
-        let wait = wait.max(Duration::from_millis(200));
+        // A floor, so that a recipient due but not claimable yet cannot make a busy loop.
+        let wait = wait.max(Duration::from_millis(50));
         tokio::select! {
             _ = self.handle.notify.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -421,18 +467,6 @@ fn dispatch(
     pending.order = served;
     // Forget destinations nobody uses (only the map holds their semaphore).
     dests.retain(|_, sem| Arc::strong_count(sem) > 1);
-}
-
-/// Waits for a delivery task to finish (or shutdown).
-async fn wait_for_task(tasks: &mut JoinSet<()>, shutdown: &mut watch::Receiver<bool>) {
-    if tasks.is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        return;
-    }
-    tokio::select! {
-        _ = tasks.join_next() => {}
-        _ = shutdown.changed() => {}
-    }
 }
 
 /// One attempt for a group: capture in test mode, SMTP in live mode.

@@ -10,7 +10,7 @@ pub mod store;
 use crate::domains::Senders;
 use crate::http::ApiError;
 use crate::keys::Mode;
-use crate::store::{ids, time};
+use crate::store::time;
 use request::EmailDraft;
 use store::PreparedEmail;
 
@@ -26,11 +26,11 @@ pub fn prepare(
     api_key_id: &str,
     draft: EmailDraft,
     senders: &Senders,
+    id: String,
 ) -> Result<PreparedEmail, ApiError> {
     let sender = senders
         .for_email(mode, draft.from.address.domain())?
         .map(std::sync::Arc::new);
-    let id = ids::new_id("msg");
     let created_at = time::now();
     let message_id = mime::message_id(&id, draft.from.address.domain());
     let mut raw = mime::build(&draft, &message_id, created_at, &Vec::new()).map_err(|e| {

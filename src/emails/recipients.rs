@@ -65,7 +65,8 @@ pub fn page(
         return Ok(None);
     }
     let raw = if include_content {
-        "coalesce(r.raw, (SELECT raw FROM emails WHERE id = r.email_id))"
+        "coalesce((SELECT raw FROM recipient_copies WHERE recipient_id = r.id),
+                  (SELECT raw FROM email_contents WHERE email_id = r.email_id))"
     } else {
         "NULL"
     };

@@ -32,13 +32,15 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 
 /// Parses and prepares one send request: renders its template, if it names one, builds and
 /// signs the message, and makes one copy per recipient for marketing and tracked emails
-/// (`tracking::copies`). Reads the database and does CPU work: call it off the async threads.
+/// (`tracking::copies`). `id` is the email's id (`msg_...`). Reads the database and does
+/// CPU work: call it off the async threads.
 fn prepare_one(
     state: &AppState,
     auth: &Authenticated,
     templates: &mut SendRenderer,
     links: &Links,
     mut request: SendRequest,
+    id: String,
 ) -> Result<PreparedEmail, ApiError> {
     let marketing = request.email_type.as_deref() == Some("marketing");
     if marketing && request.template_id.is_some() {
@@ -54,7 +56,13 @@ fn prepare_one(
     let applied = templates.apply(request)?;
     let mut draft = applied.request.into_draft(false)?;
     draft.template_id = applied.template_id;
-    let mut prepared = super::prepare(auth.mode(), auth.key_id(), draft, &state.domains.senders)?;
+    let mut prepared = super::prepare(
+        auth.mode(),
+        auth.key_id(),
+        draft,
+        &state.domains.senders,
+        id,
+    )?;
     crate::tracking::copies::personalize(&mut prepared, variables, links)?;
     Ok(prepared)
 }
@@ -65,6 +73,75 @@ fn links(state: &AppState) -> Links {
 
 fn renderer(state: &AppState, auth: &Authenticated) -> SendRenderer {
     SendRenderer::new(state.db.clone(), state.templates.clone(), auth.mode())
+}
+
+/// Items per blocking task when a batch is prepared: big enough that a task's start costs
+/// nothing next to it, small enough that a batch of 1,000 uses every core.
+const PREPARE_CHUNK: usize = 125;
+
+/// Parses and prepares the items of a batch (templates, MIME, DKIM, per-recipient copies),
+/// in chunks on as many blocking threads as there are cores: a batch of 1,000 is CPU work
+/// that one thread would do alone while the others wait. Keeps the items' order; errors
+/// carry their item's index.
+async fn prepare_batch(
+    state: &web::Data<AppState>,
+    auth: &Authenticated,
+    items: Vec<Value>,
+) -> Result<(Vec<PreparedEmail>, Vec<ItemError>), ApiError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = PREPARE_CHUNK.max(items.len().div_ceil(cores));
+    let mut chunks = Vec::new();
+    // Ids are made here, in the items' order, so they sort like the batch (lists page by
+    // id) although the chunks are prepared at the same time.
+    let ids: Vec<String> = (0..items.len())
+        .map(|_| crate::store::ids::new_id("msg"))
+        .collect();
+    let mut items = items.into_iter().zip(ids);
+    let mut first_index = 0;
+    loop {
+        let part: Vec<(Value, String)> = items.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        let len = part.len();
+        let (state, auth) = (state.clone(), auth.clone());
+        let mut templates = renderer(&state, &auth);
+        let links = links(&state);
+        chunks.push(blocking(move || {
+            let mut prepared = Vec::with_capacity(part.len());
+            let mut errors = Vec::new();
+            for (offset, (item, id)) in part.into_iter().enumerate() {
+                let result = crate::http::json::parse_value::<SendRequest>(item).and_then(|r| {
+                    if r.audience_id.is_some() {
+                        return Err(ApiError::validation(
+                            "A batch item cannot use 'audience_id'; send audience emails one at a time.",
+                        )
+                        .with_field("audience_id"));
+                    }
+                    prepare_one(&state, &auth, &mut templates, &links, r, id)
+                });
+                match result {
+                    Ok(p) => prepared.push(p),
+                    Err(e) => errors.push(ItemError {
+                        index: first_index + offset,
+                        code: e.code,
+                        message: e.message,
+                        field: e.field,
+                    }),
+                }
+            }
+            (prepared, errors)
+        }));
+        first_index += len;
+    }
+    let mut prepared = Vec::new();
+    let mut errors = Vec::new();
+    for part in futures_util::future::join_all(chunks).await {
+        let (p, e) = part?;
+        prepared.extend(p);
+        errors.extend(e);
+    }
+    Ok((prepared, errors))
 }
 
 /// Send one email (or an audience send).
@@ -114,8 +191,11 @@ async fn send_email(
     let state2 = state.clone();
     let mut templates = renderer(&state, &auth);
     let links = links(&state);
-    let prepared =
-        blocking(move || prepare_one(&state2, &auth2, &mut templates, &links, value)).await??;
+    let prepared = blocking(move || {
+        let id = crate::store::ids::new_id("msg");
+        prepare_one(&state2, &auth2, &mut templates, &links, value, id)
+    })
+    .await??;
     let record = claim.as_ref().map(|c| c.record());
     let (accepted, bytes) = state
         .db
@@ -133,6 +213,10 @@ async fn send_email(
     state.delivery.wake();
     Ok(json_response(StatusCode::OK, bytes))
 }
+
+/// What a batch's transaction gives back: the accepted emails, the refused items, and the
+/// answer when an Idempotency-Key made it inside the transaction.
+type Stored = (Vec<store::Accepted>, Vec<ItemError>, Option<Vec<u8>>);
 
 /// One refused item of a batch.
 #[derive(Debug, Serialize)]
@@ -200,36 +284,7 @@ async fn send_batch(
         Begin::NoKey => None,
     };
     let ApiJson { value: items, .. } = body;
-    let auth2 = auth.clone();
-    let state2 = state.clone();
-    let mut templates = renderer(&state, &auth);
-    let links = links(&state);
-    let (prepared, errors) = blocking(move || {
-        let mut prepared = Vec::with_capacity(items.len());
-        let mut errors = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let result = crate::http::json::parse_value::<SendRequest>(item).and_then(|r| {
-                if r.audience_id.is_some() {
-                    return Err(ApiError::validation(
-                        "A batch item cannot use 'audience_id'; send audience emails one at a time.",
-                    )
-                    .with_field("audience_id"));
-                }
-                prepare_one(&state2, &auth2, &mut templates, &links, r)
-            });
-            match result {
-                Ok(p) => prepared.push(p),
-                Err(e) => errors.push(ItemError {
-                    index,
-                    code: e.code,
-                    message: e.message,
-                    field: e.field,
-                }),
-            }
-        }
-        (prepared, errors)
-    })
-    .await?;
+    let (prepared, errors) = prepare_batch(&state, &auth, items).await?;
     if !errors.is_empty() && !permissive {
         let n = errors.len();
         let details = errors
@@ -253,28 +308,35 @@ async fn send_batch(
         .with_details(details));
     }
     let record = claim.as_ref().map(|c| c.record());
-    let (statuses, bytes) = state
+    // The answer is made inside the transaction only when an Idempotency-Key must store
+    // it there; otherwise after, off the writer thread that every request waits for.
+    let answer = move |data: &[store::Accepted], errors: &[ItemError]| -> Vec<u8> {
+        if permissive {
+            json_body(&json!({ "data": data, "errors": errors }))
+        } else {
+            json_body(&json!({ "data": data }))
+        }
+    };
+    let (data, errors, bytes) = state
         .db
-        .write(
-            move |conn| -> Result<(Vec<&'static str>, Vec<u8>), ApiError> {
-                let mut data = Vec::with_capacity(prepared.len());
-                for p in &prepared {
-                    data.push(store::insert(conn, p)?);
-                }
-                let statuses = data.iter().map(|a| a.status).collect();
-                let body = if permissive {
-                    json!({ "data": data, "errors": errors })
-                } else {
-                    json!({ "data": data })
-                };
-                let bytes = json_body(&body);
-                if let Some(record) = &record {
+        .write(move |conn| -> Result<Stored, ApiError> {
+            let mut data = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                data.push(store::insert(conn, p)?);
+            }
+            let bytes = match &record {
+                Some(record) => {
+                    let bytes = answer(&data, &errors);
                     record.save(conn, 200, &bytes)?;
+                    Some(bytes)
                 }
-                Ok((statuses, bytes))
-            },
-        )
+                None => None,
+            };
+            Ok((data, errors, bytes))
+        })
         .await?;
+    let statuses: Vec<&'static str> = data.iter().map(|a| a.status).collect();
+    let bytes = bytes.unwrap_or_else(|| answer(&data, &errors));
     drop(claim);
     for s in statuses {
         state.metrics.email_accepted(s);

@@ -90,11 +90,11 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
     let status = derive_status(statuses.iter().map(|s| (*s, 1)));
     conn.prepare_cached(
         "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
-            subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json, html, text,
-            raw, message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
+            subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
+            message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
             scheduled_at, template_id, audience_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                 ?19, ?20, ?21, ?22, ?23)",
     )?
     .execute(params![
         e.id,
@@ -111,9 +111,6 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         to_json(&d.reply_to),
         serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()),
         serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
-        d.html,
-        d.text,
-        (!e.raw.is_empty()).then_some(&e.raw),
         e.message_id,
         d.track_opens,
         d.track_clicks,
@@ -124,10 +121,19 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         d.template_id,
         e.audience_id
     ])?;
+    conn.prepare_cached(
+        "INSERT INTO email_contents (email_id, html, text, raw) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        e.id,
+        d.html,
+        d.text,
+        (!e.raw.is_empty()).then_some(&e.raw)
+    ])?;
     let mut insert_rcpt = conn.prepare_cached(
         "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
-                                 next_attempt_at, updated_at, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                 next_attempt_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for (address, lower, domain, kind, status) in &rows {
         let copy = e
@@ -144,9 +150,11 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
             kind,
             status,
             (*status != "suppressed").then_some(due),
-            e.created_at,
-            copy
+            e.created_at
         ])?;
+        if let Some(copy) = copy {
+            insert_copy(conn, conn.last_insert_rowid(), copy)?;
+        }
     }
     let first = if d.scheduled_at.is_some() {
         events::email::SCHEDULED
@@ -172,6 +180,14 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         status,
         queued_at: time::format(e.created_at),
     })
+}
+
+/// Stores `raw` as the recipient's own copy of the message (see `recipient_copies` in
+/// schema.sql); the delivery worker sends it instead of the email's.
+pub fn insert_copy(conn: &Connection, recipient_id: i64, raw: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO recipient_copies (recipient_id, raw) VALUES (?1, ?2)")?
+        .execute(params![recipient_id, raw])?;
+    Ok(())
 }
 
 /// The email's status from its recipients' `(status, count)`: their common status;
@@ -420,11 +436,14 @@ pub fn get(
     attach_recipients(conn, std::slice::from_mut(&mut view))?;
     view.events = Some(events::for_email(conn, id)?);
     if include_content {
-        let (html, text, raw): (Option<String>, Option<String>, Option<Vec<u8>>) = conn.query_row(
-            "SELECT html, text, raw FROM emails WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (html, text, raw): (Option<String>, Option<String>, Option<Vec<u8>>) = conn
+            .query_row(
+                "SELECT html, text, raw FROM email_contents WHERE email_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .unwrap_or_default();
         view.html = Some(html);
         view.text = Some(text);
         view.raw = Some(String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned());

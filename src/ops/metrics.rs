@@ -38,7 +38,13 @@ pub struct Metrics {
     pub smtp_sessions_open: Gauge<i64, AtomicI64>,
     pub queue_depth: Gauge<i64, AtomicI64>,
     pub oldest_due_age_seconds: Gauge<i64, AtomicI64>,
+    /// When the queue gauges were last read from the database (see [`Metrics::queue_stale`]).
+    queue_read_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// The queue gauges are read from the database at most this often: the count walks the
+/// waiting recipients, and a scraper polling many times a second would make that a load.
+const QUEUE_GAUGES_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -102,7 +108,21 @@ impl Metrics {
             smtp_sessions_open,
             queue_depth,
             oldest_due_age_seconds,
+            queue_read_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// True (and the clock restarted) when the queue gauges are older than a second.
+    pub fn queue_stale(&self) -> bool {
+        let mut at = self
+            .queue_read_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if at.is_some_and(|t| t.elapsed() < QUEUE_GAUGES_MAX_AGE) {
+            return false;
+        }
+        *at = Some(std::time::Instant::now());
+        true
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {

@@ -31,9 +31,12 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: refreshes the queue gauges, then encodes everything.
+/// `GET /metrics`: refreshes the queue gauges (at most once a second), then encodes
+/// everything.
 pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
-    if let Ok((depth, oldest)) = state.db.read(queue::queue_figures).await {
+    if metrics.queue_stale()
+        && let Ok((depth, oldest)) = state.db.read(queue::queue_figures).await
+    {
         metrics.queue_depth.set(depth);
         metrics.oldest_due_age_seconds.set(oldest);
     }

@@ -1,7 +1,7 @@
 //! Per-recipient copies of an email. A marketing email carries each recipient's own
 //! unsubscribe link (in `List-Unsubscribe` and as `{{ unsubscribe_url }}`), and a tracked
 //! email each recipient's own pixel and click links, so such an email is built once per
-//! recipient; the copy is stored in `recipients.raw` and the delivery worker sends that.
+//! recipient; the copy is stored in `recipient_copies` and the delivery worker sends that.
 //!
 //! For a marketing email the subject, html and text are Jinja templates (the sandboxed
 //! engine of `templates::render`), rendered per recipient with the send's `variables`, plus

@@ -445,6 +445,59 @@ async fn one_pooled_session_carries_many_emails() {
 }
 
 #[tokio::test]
+async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    let server = TestSmtpServer::start(SmtpServerOptions {
+        pipelining: false,
+        ..Default::default()
+    })
+    .await;
+    server.fail_rcpt("nobody@example.org", 550, "5.1.1 No such user", None);
+    let app = relay_app(&server, |c| {
+        c.delivery.tuning.max_sessions_per_destination = Some(1);
+    })
+    .await;
+    let first = send_live(
+        &app,
+        &live(json!(["ana@example.org", "nobody@example.org"])),
+    )
+    .await;
+    let e = wait_final(&app, &first).await;
+    assert_eq!(recipient(&e, "ana@example.org")["status"], "sent");
+    assert_eq!(recipient(&e, "nobody@example.org")["status"], "bounced");
+    let second = send_live(&app, &live(json!("bo@example.org"))).await;
+    let e = wait_final(&app, &second).await;
+    assert_eq!(recipient(&e, "bo@example.org")["status"], "sent");
+    // One session: the second transaction began with RSET.
+    assert_eq!(server.sessions_opened(), 1);
+    assert_eq!(server.messages().len(), 2);
+    let commands = server.commands();
+    let from_second_mail = commands.iter().rposition(|c| c == "MAIL").unwrap();
+    assert_eq!(commands[from_second_mail - 1], "RSET", "{commands:?}");
+}
+
+#[tokio::test]
+async fn a_pooled_session_the_server_closed_is_replaced_without_a_deferral() {
+    let server = TestSmtpServer::start(SmtpServerOptions {
+        close_after_messages: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let app = relay_app(&server, |c| {
+        c.delivery.tuning.max_sessions_per_destination = Some(1);
+    })
+    .await;
+    for to in ["ana@example.org", "bo@example.org", "cy@example.org"] {
+        let id = send_live(&app, &live(json!(to))).await;
+        let e = wait_final(&app, &id).await;
+        assert_eq!(recipient(&e, to)["status"], "sent", "{e}");
+        assert_eq!(recipient(&e, to)["attempts"], 1, "{e}");
+        assert_eq!(event_types(&e), ["queued", "sent"], "{e}");
+    }
+    assert_eq!(server.messages().len(), 3);
+    assert_eq!(server.sessions_opened(), 3);
+}
+
+#[tokio::test]
 async fn sessions_per_destination_are_capped() {
     let server = TestSmtpServer::start(SmtpServerOptions {
         data_delay: Some(Duration::from_millis(200)),

@@ -52,6 +52,11 @@ pub struct SmtpServerOptions {
     /// second server on another loopback address (127.0.0.2) with the first one's port,
     /// since `delivery.direct.port` is one port for every MX host.
     pub bind: Option<SocketAddr>,
+    /// Offer PIPELINING (RFC 2920) in the EHLO answer, as every common MTA does.
+    pub pipelining: bool,
+    /// Close the connection, without a word, after this many messages in one session:
+    /// like a server that drops sessions the client keeps idle in its pool.
+    pub close_after_messages: Option<usize>,
 }
 
 impl Default for SmtpServerOptions {
@@ -65,6 +70,8 @@ impl Default for SmtpServerOptions {
             data_delay: None,
             broken_starttls: false,
             bind: None,
+            pipelining: true,
+            close_after_messages: None,
         }
     }
 }
@@ -520,6 +527,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut lines = vec![options.hostname.clone()];
                 lines.push("8BITMIME".into());
                 lines.push(format!("SIZE {}", options.max_size));
+                if options.pipelining {
+                    lines.push("PIPELINING".into());
+                }
                 if (options.starttls || options.broken_starttls)
                     && !options.implicit_tls
                     && !conn.tls
@@ -631,6 +641,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     conn.messages += 1;
                     conn.shared.changed.notify_waiters();
                     reply(&mut io, &format!("250 2.0.0 Ok: queued as T{queue_id}")).await?;
+                    if options
+                        .close_after_messages
+                        .is_some_and(|n| conn.messages >= n)
+                    {
+                        return Ok((After::Close, io));
+                    }
                 }
             }
             "RSET" => {
