@@ -150,7 +150,12 @@ fn strip_position(s: &str) -> String {
     }
 }
 
-impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
+/// Bodies from this size on are parsed on a blocking thread: a batch of 1,000 emails is
+/// megabytes of JSON, milliseconds of parsing that would stall every other request of the
+/// async worker.
+const PARSE_OFF_THREAD_BYTES: usize = 64 * 1024;
+
+impl<T: DeserializeOwned + Send + 'static> FromRequest for ApiJson<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
@@ -160,7 +165,12 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
         Box::pin(async move {
             checked?;
             let raw = body.await.map_err(payload_error)?;
-            let value = parse(&raw)?;
+            let value = if raw.len() >= PARSE_OFF_THREAD_BYTES {
+                let bytes = raw.clone();
+                super::blocking(move || parse(&bytes)).await??
+            } else {
+                parse(&raw)?
+            };
             Ok(ApiJson { value, raw })
         })
     }

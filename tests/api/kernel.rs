@@ -333,6 +333,37 @@ async fn bodies_are_checked_before_anything_is_stored() {
     );
 }
 
+/// Large bodies are parsed on a blocking thread (src/http/json.rs); the answers are the same.
+#[tokio::test]
+async fn large_bodies_get_the_same_json_errors() {
+    let app = spawn_app().await;
+    let text = "x".repeat(100 * 1024);
+    let mut unknown = serde_json::json!({
+        "from": "a@acme.test", "to": "b@example.org", "subject": "s", "text": text
+    });
+    unknown["colour"] = serde_json::json!("blue");
+    let res = app.post("/v1/emails/send", &app.test_key, &unknown).await;
+    let err = assert_error(res, 422, "validation_error").await;
+    assert_eq!(err["field"], "colour");
+    let truncated = format!(r#"{{"from": "a@acme.test", "text": "{text}"#);
+    let res = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/emails/send",
+            Some(&app.test_key),
+        )
+        .header("content-type", "application/json")
+        .body(truncated)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_json").await;
+    let mut ok = unknown.clone();
+    ok.as_object_mut().unwrap().remove("colour");
+    let res = app.post("/v1/emails/send", &app.test_key, &ok).await;
+    assert_eq!(res.status(), 200);
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_is_413_on_every_body_route() {
     let app = crate::helpers::spawn_app_with(|c| c.server.max_body_bytes = 16 * 1024).await;
