@@ -145,8 +145,10 @@ impl Worker {
         // The next claim runs while deliveries go on: waiting for it between deliveries
         // would leave every slot idle for a write and a read each time.
         let mut claiming: Option<Pin<Box<dyn Future<Output = ClaimOutcome> + Send + '_>>> = None;
-        // The last claim found nothing due: claim again on a wake-up or after a pause.
+        // The last claim found nothing due: claim again on a wake-up or at this moment (a
+        // deadline, so that deliveries finishing all the time do not keep pushing it back).
         let mut queue_empty = false;
+        let mut recheck_at = tokio::time::Instant::now();
         let buffer = (concurrency * CLAIM_PER_SLOT).min(MAX_CLAIM);
         loop {
             if *shutdown.borrow() {
@@ -184,14 +186,17 @@ impl Worker {
                     claiming = None;
                     match outcome {
                         ClaimOutcome::Groups(groups) => groups.into_iter().for_each(|g| pending.push(g)),
-                        ClaimOutcome::Nothing => queue_empty = true,
+                        ClaimOutcome::Nothing => {
+                            queue_empty = true;
+                            recheck_at = tokio::time::Instant::now() + RECHECK_WHILE_BUSY;
+                        }
                         ClaimOutcome::Failed => {}
                     }
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = self.handle.notify.notified(), if queue_empty => queue_empty = false,
                 // Due times pass while deliveries run; look again now and then.
-                _ = tokio::time::sleep(RECHECK_WHILE_BUSY), if queue_empty => queue_empty = false,
+                _ = tokio::time::sleep_until(recheck_at), if queue_empty => queue_empty = false,
                 _ = shutdown.changed() => {}
             }
         }
