@@ -139,16 +139,7 @@ pub async fn list_recipients(
             .with_field("cursor")
         })?,
     };
-    let include_content = match q.include.as_deref() {
-        None | Some("") => false,
-        Some("content") => true,
-        Some(other) => {
-            return Err(ApiError::validation(format!(
-                "'include' may only be \"content\" (got \"{other}\")."
-            ))
-            .with_field("include"));
-        }
-    };
+    let include_content = crate::http::include_content(q.include.as_deref())?;
     let id = path.into_inner();
     let mode = auth.mode();
     let id2 = id.clone();

@@ -131,6 +131,19 @@ pub async fn blocking<T: Send + 'static>(
     })
 }
 
+/// Reads the `include` query parameter of the routes that can add an object's content:
+/// absent or empty is false, `content` is true, anything else a 422 naming the parameter.
+pub fn include_content(include: Option<&str>) -> Result<bool, ApiError> {
+    match include {
+        None | Some("") => Ok(false),
+        Some("content") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "'include' may only be \"content\" (got \"{other}\")."
+        ))
+        .with_field("include")),
+    }
+}
+
 /// The JSON body of a successful answer.
 pub fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()

@@ -188,16 +188,7 @@ async fn get_mail(
     path: web::Path<String>,
     query: web::Query<GetQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let include_content = match query.include.as_deref() {
-        None | Some("") => false,
-        Some("content") => true,
-        Some(other) => {
-            return Err(ApiError::validation(format!(
-                "'include' may only be \"content\" (got \"{other}\")."
-            ))
-            .with_field("include"));
-        }
-    };
+    let include_content = crate::http::include_content(query.include.as_deref())?;
     let id = path.into_inner();
     let mode = auth.mode();
     let id2 = id.clone();
