@@ -398,3 +398,24 @@ CREATE TABLE recipient_copies (
 ) STRICT;
 INSERT INTO recipient_copies (recipient_id, raw) SELECT id, raw FROM recipients WHERE raw IS NOT NULL;
 ALTER TABLE recipients DROP COLUMN raw;
+
+-- migration: 3
+-- The `to` filter's index, apart from the recipient rows. An index keyed by address gets
+-- one random page per new recipient, and SQLite logs whole pages on every commit: written
+-- with each accepted email, that page was the largest single cost of accepting mail. The
+-- emails capability's indexer (src/emails/indexer.rs) copies new recipients here in
+-- address order, thousands per transaction, so a page is written once for many of them.
+-- `settings.recipients_indexed_to` is the last recipient id copied; the filter also reads
+-- the recipients after it, so it always sees every email. Whatever deletes recipients
+-- must delete their rows here too.
+CREATE TABLE recipient_addresses (
+    mode          TEXT NOT NULL,
+    address_lower TEXT NOT NULL,
+    email_id      TEXT NOT NULL,
+    PRIMARY KEY (mode, address_lower, email_id)
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO recipient_addresses (mode, address_lower, email_id)
+    SELECT mode, address_lower, email_id FROM recipients ORDER BY 1, 2, 3;
+INSERT OR REPLACE INTO settings (key, value)
+    SELECT 'recipients_indexed_to', CAST(coalesce(max(id), 0) AS TEXT) FROM recipients;
+DROP INDEX recipients_by_address;

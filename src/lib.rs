@@ -185,6 +185,8 @@ pub struct Application {
     postal_worker: Option<JoinHandle<()>>,
     sender: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
+    /// Copies new recipients to the `to` filter's index (see `emails::indexer`).
+    indexer: JoinHandle<()>,
     domain_checks: JoinHandle<()>,
     db: Db,
     first_key: Option<FirstKey>,
@@ -335,6 +337,7 @@ impl Application {
         let postal_worker = tokio::spawn(
             postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
         );
+        let indexer = tokio::spawn(emails::indexer::run(db.clone(), shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintenance_loop(
             db.clone(),
             auth_for_maintenance,
@@ -352,6 +355,7 @@ impl Application {
             postal_worker: Some(postal_worker),
             sender: Some(sender),
             maintenance,
+            indexer,
             domain_checks,
             db,
             first_key,
@@ -397,6 +401,7 @@ impl Application {
             let _ = sender.await;
         }
         self.maintenance.abort();
+        let _ = (&mut self.indexer).await;
         let _ = (&mut self.domain_checks).await;
         let db = self.db.clone();
         let _ = tokio::task::spawn_blocking(move || db.close()).await;

@@ -17,24 +17,10 @@ const DELAYED_RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// The outcome of capturing the message for `rcpt`.
 pub fn capture(rcpt: Claimed, retry_schedule: &[Duration]) -> Outcome {
-    let lower = rcpt.address.to_ascii_lowercase();
-    let local = lower.strip_suffix(&format!("@{TEST_DOMAIN}")).unwrap_or("");
-    let (result, retry_in) = match local {
-        "bounced" => (
-            AttemptResult::Bounced(Bounce::from_reply(&Reply::new(
-                550,
-                [5, 1, 1],
-                "The email account that you tried to reach does not exist (test mode)",
-            ))),
-            None,
-        ),
-        "complained" => (
-            AttemptResult::Complained(
-                "250 2.0.0 Captured (test mode); the recipient then marked it as spam".into(),
-            ),
-            None,
-        ),
-        "delayed" if rcpt.attempts == 0 => (
+    let (result, retry_in) = match at_accept(&rcpt.address) {
+        Some(result) => (result, None),
+        // delayed@: deferred on the first attempt, delivered on the next.
+        None if rcpt.attempts == 0 => (
             AttemptResult::Deferred(
                 "451 4.4.1 Temporary failure, the message will be retried (test mode)".into(),
             ),
@@ -46,16 +32,39 @@ pub fn capture(rcpt: Claimed, retry_schedule: &[Duration]) -> Outcome {
                     .min(DELAYED_RETRY_CAP),
             ),
         ),
-        _ => (
-            AttemptResult::Delivered(
-                "250 2.0.0 Captured (test mode): nothing left this machine".into(),
-            ),
-            None,
-        ),
+        None => (delivered(), None),
     };
     Outcome {
         claimed: rcpt,
         result,
         retry_in,
     }
+}
+
+/// The outcome of capturing the message for `address` when the email is accepted, or
+/// `None` for `delayed@`, whose lifecycle needs the queue (a deferral, then a retry).
+/// Test-mode emails sent now are captured in the transaction that accepts them: one write
+/// instead of a claim and an outcome, and the email's final state is there at once.
+pub fn at_accept(address: &str) -> Option<AttemptResult> {
+    let local = address
+        .rsplit_once('@')
+        .filter(|(_, domain)| domain.eq_ignore_ascii_case(TEST_DOMAIN))
+        .map(|(local, _)| local.to_ascii_lowercase())
+        .unwrap_or_default();
+    Some(match local.as_str() {
+        "bounced" => AttemptResult::Bounced(Bounce::from_reply(&Reply::new(
+            550,
+            [5, 1, 1],
+            "The email account that you tried to reach does not exist (test mode)",
+        ))),
+        "complained" => AttemptResult::Complained(
+            "250 2.0.0 Captured (test mode); the recipient then marked it as spam".into(),
+        ),
+        "delayed" => return None,
+        _ => delivered(),
+    })
+}
+
+fn delivered() -> AttemptResult {
+    AttemptResult::Delivered("250 2.0.0 Captured (test mode): nothing left this machine".into())
 }

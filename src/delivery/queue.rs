@@ -338,6 +338,127 @@ pub struct Outcome {
     pub retry_in: Option<Duration>,
 }
 
+/// What an attempt's result makes of its recipient row, and the event that records it.
+pub struct Settled<'a> {
+    /// The recipient's new status.
+    pub status: &'static str,
+    /// The answer kept in `last_response` and in the event's `detail`.
+    pub detail: &'a str,
+    /// When to try again (`deferred`).
+    pub next_attempt_at: Option<i64>,
+    event: &'static str,
+    data: Option<serde_json::Value>,
+}
+
+impl Settled<'_> {
+    /// The metric label of the outcome (`mailsflux_deliveries_total{outcome}`).
+    pub fn label(&self) -> &'static str {
+        match self.status {
+            "deferred" => "deferred",
+            "failed" => "failed",
+            "bounced" => "bounced",
+            "sent" => "sent",
+            _ => "delivered",
+        }
+    }
+}
+
+/// What `result`, the outcome of attempt number `attempts` (counting this one), makes of
+/// a recipient at `now`: a deferral is retried on `retry_schedule` (or after `retry_in`),
+/// and fails after its last entry.
+pub fn settle<'a>(
+    result: &'a AttemptResult,
+    attempts: i64,
+    retry_in: Option<Duration>,
+    retry_schedule: &[Duration],
+    now: i64,
+) -> Settled<'a> {
+    let settled = |status, detail, next_attempt_at, event, data| Settled {
+        status,
+        detail,
+        next_attempt_at,
+        event,
+        data,
+    };
+    match result {
+        AttemptResult::Delivered(reply) | AttemptResult::Complained(reply) => {
+            settled("delivered", reply, None, events::email::DELIVERED, None)
+        }
+        AttemptResult::Sent(reply) => settled("sent", reply, None, events::email::SENT, None),
+        AttemptResult::Bounced(bounce) => settled(
+            "bounced",
+            &bounce.reply,
+            None,
+            events::email::BOUNCED,
+            Some(bounce.data()),
+        ),
+        // Entry k of the schedule is the wait before retry k.
+        AttemptResult::Deferred(reply) => match retry_schedule.get((attempts - 1) as usize) {
+            Some(wait) => {
+                let wait = retry_in.unwrap_or(*wait);
+                let at = now + wait.as_secs().max(u64::from(wait.subsec_nanos() > 0)) as i64;
+                let data = json!({ "attempt": attempts, "next_attempt_at": time::format(at) });
+                settled(
+                    "deferred",
+                    reply,
+                    Some(at),
+                    events::email::DELIVERY_DELAYED,
+                    Some(data),
+                )
+            }
+            None => settled(
+                "failed",
+                reply,
+                None,
+                events::email::FAILED,
+                Some(json!({ "attempt": attempts })),
+            ),
+        },
+    }
+}
+
+/// Writes what follows from a settled attempt for recipient `address` of `email_id`,
+/// besides the recipient row: its event, and for a hard bounce or a complaint the
+/// suppression (and the complaint's event).
+pub fn record_consequences(
+    conn: &Connection,
+    mode: Mode,
+    email_id: &str,
+    address: &str,
+    result: &AttemptResult,
+    settled: Settled<'_>,
+) -> Result<(), StoreError> {
+    let mut event = NewEvent::email(settled.event, email_id)
+        .recipient(address)
+        .detail(settled.detail);
+    if let Some(data) = settled.data {
+        event = event.data(data);
+    }
+    events::record(conn, mode, &event)?;
+    match result {
+        AttemptResult::Bounced(bounce) if bounce.suppresses() => {
+            suppressions::add(
+                conn,
+                mode,
+                address,
+                Reason::Bounce,
+                Some(email_id),
+                Some(settled.detail),
+            )?;
+        }
+        AttemptResult::Complained(_) => {
+            events::record(
+                conn,
+                mode,
+                &NewEvent::email(events::email::COMPLAINED, email_id).recipient(address),
+            )?;
+            suppressions::add(conn, mode, address, Reason::Complaint, Some(email_id), None)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Records outcomes: recipient status, attempts, last response, retry time, events,
 /// suppressions, and each email's status. Returns the metric label of each outcome.
 pub fn record_outcomes(
@@ -355,81 +476,16 @@ pub fn record_outcomes(
     let mut touched: HashSet<&str> = HashSet::new();
     for o in outcomes {
         let c = &o.claimed;
-        let attempts = c.attempts + 1;
-        let mut data = None;
-        let (status, detail, next, event) = match &o.result {
-            AttemptResult::Delivered(reply) => ("delivered", reply, None, events::email::DELIVERED),
-            AttemptResult::Complained(reply) => {
-                ("delivered", reply, None, events::email::DELIVERED)
-            }
-            AttemptResult::Sent(reply) => ("sent", reply, None, events::email::SENT),
-            AttemptResult::Bounced(bounce) => {
-                data = Some(bounce.data());
-                ("bounced", &bounce.reply, None, events::email::BOUNCED)
-            }
-            AttemptResult::Deferred(reply) => {
-                // Entry k of the schedule is the wait before retry k.
-                match retry_schedule.get((attempts - 1) as usize) {
-                    Some(wait) => {
-                        let wait = o.retry_in.unwrap_or(*wait);
-                        let at =
-                            now + wait.as_secs().max(u64::from(wait.subsec_nanos() > 0)) as i64;
-                        data = Some(json!({
-                            "attempt": attempts,
-                            "next_attempt_at": time::format(at),
-                        }));
-                        ("deferred", reply, Some(at), events::email::DELIVERY_DELAYED)
-                    }
-                    None => {
-                        data = Some(json!({ "attempt": attempts }));
-                        ("failed", reply, None, events::email::FAILED)
-                    }
-                }
-            }
-        };
-        update.execute(params![c.rcpt_id, status, detail, next, now])?;
-        let mut event = NewEvent::email(event, &c.email_id)
-            .recipient(&c.address)
-            .detail(detail);
-        if let Some(data) = data {
-            event = event.data(data);
-        }
-        events::record(conn, c.mode, &event)?;
-        match &o.result {
-            AttemptResult::Bounced(bounce) if bounce.suppresses() => {
-                suppressions::add(
-                    conn,
-                    c.mode,
-                    &c.address,
-                    Reason::Bounce,
-                    Some(&c.email_id),
-                    Some(detail),
-                )?;
-            }
-            AttemptResult::Complained(_) => {
-                events::record(
-                    conn,
-                    c.mode,
-                    &NewEvent::email(events::email::COMPLAINED, &c.email_id).recipient(&c.address),
-                )?;
-                suppressions::add(
-                    conn,
-                    c.mode,
-                    &c.address,
-                    Reason::Complaint,
-                    Some(&c.email_id),
-                    None,
-                )?;
-            }
-            _ => {}
-        }
-        labels.push(match status {
-            "deferred" => "deferred",
-            "failed" => "failed",
-            "bounced" => "bounced",
-            "sent" => "sent",
-            _ => "delivered",
-        });
+        let settled = settle(&o.result, c.attempts + 1, o.retry_in, retry_schedule, now);
+        update.execute(params![
+            c.rcpt_id,
+            settled.status,
+            settled.detail,
+            settled.next_attempt_at,
+            now
+        ])?;
+        labels.push(settled.label());
+        record_consequences(conn, c.mode, &c.email_id, &c.address, &o.result, settled)?;
         touched.insert(&c.email_id);
     }
     for email_id in touched {

@@ -1,6 +1,8 @@
 //! Emails: the send, batch, read, list and cancel routes (`routes`), request parsing
-//! (`request`), MIME building (`mime`) and storage (`store`).
+//! (`request`), MIME building (`mime`), storage (`store`) and the task that keeps the
+//! address index of the `to` filter up to date (`indexer`).
 
+pub mod indexer;
 pub mod mime;
 pub mod recipients;
 pub mod request;

@@ -210,6 +210,9 @@ async fn send_email(
         .await?;
     drop(claim);
     state.metrics.email_accepted(accepted.status);
+    for label in &accepted.captured {
+        state.metrics.delivery(label);
+    }
     state.delivery.wake();
     Ok(json_response(StatusCode::OK, bytes))
 }
@@ -335,11 +338,13 @@ async fn send_batch(
             Ok((data, errors, bytes))
         })
         .await?;
-    let statuses: Vec<&'static str> = data.iter().map(|a| a.status).collect();
     let bytes = bytes.unwrap_or_else(|| answer(&data, &errors));
     drop(claim);
-    for s in statuses {
-        state.metrics.email_accepted(s);
+    for accepted in &data {
+        state.metrics.email_accepted(accepted.status);
+        for label in &accepted.captured {
+            state.metrics.delivery(label);
+        }
     }
     state.delivery.wake();
     Ok(json_response(StatusCode::OK, bytes))

@@ -9,10 +9,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::request::{EmailDraft, EmailType};
+use crate::delivery::capture;
+use crate::delivery::queue::{self, AttemptResult, Settled};
 use crate::events::{self, EventView, NewEvent};
 use crate::keys::Mode;
 use crate::store::{StoreError, time};
 use crate::suppressions;
+use crate::webhooks;
 
 /// Recipient statuses after which nothing more happens.
 pub const FINAL_STATUSES: [&str; 6] = [
@@ -49,6 +52,10 @@ pub struct Accepted {
     pub id: String,
     pub status: &'static str,
     pub queued_at: String,
+    /// The outcome labels of the recipients captured at accept (test mode), for the
+    /// delivery metrics.
+    #[serde(skip)]
+    pub captured: Vec<&'static str>,
 }
 
 fn to_json(list: &[crate::address::Mailbox]) -> String {
@@ -56,7 +63,9 @@ fn to_json(list: &[crate::address::Mailbox]) -> String {
 }
 
 /// Stores one email, its recipients (each checked against the suppression list) and its
-/// first events, in the caller's transaction.
+/// first events, in the caller's transaction. A test-mode email sent now is captured here
+/// too (see `delivery::capture::at_accept`), except for the recipients whose lifecycle
+/// needs the queue.
 pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreError> {
     let d = &e.draft;
     let marketing = d.email_type == EmailType::Marketing;
@@ -65,6 +74,7 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
     } else {
         "queued"
     };
+    let capture_now = e.mode == Mode::Test && d.scheduled_at.is_none();
     let due = d.scheduled_at.unwrap_or(e.created_at);
     let mut seen = HashSet::new();
     let mut rows = Vec::new();
@@ -84,10 +94,33 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         if let Some(reason) = reason {
             suppressed.push((address.clone(), reason));
         }
-        rows.push((address, lower, mailbox.address.domain(), kind, status));
+        let captured = (capture_now && reason.is_none())
+            .then(|| capture::at_accept(&address))
+            .flatten();
+        rows.push(Row {
+            domain: mailbox.address.domain(),
+            address,
+            lower,
+            kind,
+            status,
+            captured,
+        });
     }
-    let statuses: Vec<&str> = rows.iter().map(|r| r.4).collect();
-    let status = derive_status(statuses.iter().map(|s| (*s, 1)));
+    // The answer tells what was accepted (queued); the row holds what it is now.
+    let status = derive_status(rows.iter().map(|r| (r.status, 1)));
+    let settled: Vec<Option<Settled<'_>>> = rows
+        .iter()
+        .map(|r| {
+            r.captured
+                .as_ref()
+                .map(|result| queue::settle(result, 1, None, &[], e.created_at))
+        })
+        .collect();
+    let stored_status = derive_status(
+        rows.iter()
+            .zip(&settled)
+            .map(|(r, s)| (s.as_ref().map_or(r.status, |s| s.status), 1)),
+    );
     conn.prepare_cached(
         "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
             subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
@@ -100,7 +133,7 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         e.id,
         e.mode.as_str(),
         d.email_type.as_str(),
-        status,
+        stored_status,
         d.from.display(),
         d.from.address.to_string().to_lowercase(),
         e.envelope_from,
@@ -132,36 +165,47 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
     ])?;
     let mut insert_rcpt = conn.prepare_cached(
         "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
-                                 next_attempt_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                 next_attempt_at, updated_at, attempts, last_response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    for (address, lower, domain, kind, status) in &rows {
+    for (r, settled) in rows.iter().zip(&settled) {
         let copy = e
             .copies
             .iter()
-            .find(|(l, _)| l == lower)
+            .find(|(l, _)| *l == r.lower)
             .map(|(_, raw)| raw);
+        let (status, next, attempts, response) = match settled {
+            Some(s) => (s.status, s.next_attempt_at, 1, Some(s.detail)),
+            None => (r.status, (r.status != "suppressed").then_some(due), 0, None),
+        };
         insert_rcpt.execute(params![
             e.id,
             e.mode.as_str(),
-            address,
-            lower,
-            domain,
-            kind,
+            r.address,
+            r.lower,
+            r.domain,
+            r.kind,
             status,
-            (*status != "suppressed").then_some(due),
-            e.created_at
+            next,
+            e.created_at,
+            attempts,
+            response
         ])?;
         if let Some(copy) = copy {
             insert_copy(conn, conn.last_insert_rowid(), copy)?;
         }
     }
-    let first = if d.scheduled_at.is_some() {
-        events::email::SCHEDULED
-    } else {
-        events::email::QUEUED
-    };
-    events::record(conn, e.mode, &NewEvent::email(first, &e.id))?;
+    // The `queued` event of an email sent now is implied by its row (see `get`) and stored
+    // only for the webhooks that listen to it: a third of the rows written per email.
+    if d.scheduled_at.is_some() {
+        events::record(
+            conn,
+            e.mode,
+            &NewEvent::email(events::email::SCHEDULED, &e.id),
+        )?;
+    } else if webhooks::store::is_subscribed(conn, e.mode, QUEUED_WEBHOOK_TYPE)? {
+        events::record(conn, e.mode, &NewEvent::email(events::email::QUEUED, &e.id))?;
+    }
     for (address, reason) in &suppressed {
         let detail = format!(
             "The address is on the suppression list ({}).",
@@ -175,11 +219,34 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
                 .detail(&detail),
         )?;
     }
+    let mut captured = Vec::new();
+    for (r, settled) in rows.iter().zip(settled) {
+        if let (Some(result), Some(settled)) = (&r.captured, settled) {
+            captured.push(settled.label());
+            queue::record_consequences(conn, e.mode, &e.id, &r.address, result, settled)?;
+        }
+    }
     Ok(Accepted {
         id: e.id.clone(),
         status,
         queued_at: time::format(e.created_at),
+        captured,
     })
+}
+
+/// The webhook event type of an email's `queued` event.
+const QUEUED_WEBHOOK_TYPE: &str = "email.queued";
+
+/// A recipient of an email being stored.
+struct Row<'a> {
+    address: String,
+    lower: String,
+    domain: &'a str,
+    kind: &'static str,
+    /// `queued`, `scheduled` or `suppressed`.
+    status: &'static str,
+    /// Test mode's capture at accept.
+    captured: Option<AttemptResult>,
 }
 
 /// Stores `raw` as the recipient's own copy of the message (see `recipient_copies` in
@@ -434,7 +501,14 @@ pub fn get(
         return Ok(None);
     };
     attach_recipients(conn, std::slice::from_mut(&mut view))?;
-    view.events = Some(events::for_email(conn, id)?);
+    let mut events = events::for_email(conn, id)?;
+    if !events
+        .iter()
+        .any(|e| e.kind == events::email::QUEUED || e.kind == events::email::SCHEDULED)
+    {
+        events.insert(0, implied_queued_event(&view));
+    }
+    view.events = Some(events);
     if include_content {
         let (html, text, raw): (Option<String>, Option<String>, Option<Vec<u8>>) = conn
             .query_row(
@@ -449,6 +523,67 @@ pub fn get(
         view.raw = Some(String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned());
     }
     Ok(Some(view))
+}
+
+/// The setting that holds the last recipient id copied to `recipient_addresses`.
+const INDEXED_TO: &str = "recipients_indexed_to";
+
+fn indexed_to(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1",
+            [INDEXED_TO],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Whether recipients wait to be copied to `recipient_addresses` (the `to` filter's index).
+pub fn has_unindexed_recipients(conn: &Connection) -> Result<bool, StoreError> {
+    let last: Option<i64> = conn.query_row("SELECT max(id) FROM recipients", [], |r| r.get(0))?;
+    Ok(last.unwrap_or(0) > indexed_to(conn)?)
+}
+
+/// Copies up to `limit` recipients not yet in `recipient_addresses` there, sorted by
+/// address so that the index pages are written in order, and moves the mark past them.
+/// Returns how many were copied.
+pub fn index_addresses(conn: &Connection, limit: usize) -> Result<usize, StoreError> {
+    let from = indexed_to(conn)?;
+    let (count, upto): (i64, Option<i64>) = conn.query_row(
+        "SELECT count(*), max(id) FROM (SELECT id FROM recipients WHERE id > ?1 ORDER BY id LIMIT ?2)",
+        params![from, limit as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(upto) = upto else {
+        return Ok(0);
+    };
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO recipient_addresses (mode, address_lower, email_id)
+         SELECT mode, address_lower, email_id FROM recipients WHERE id > ?1 AND id <= ?2
+         ORDER BY 1, 2, 3",
+    )?
+    .execute(params![from, upto])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?
+        .execute(params![INDEXED_TO, upto.to_string()])?;
+    Ok(count as usize)
+}
+
+/// The `queued` event of an email sent now, which `insert` leaves implied by the email's
+/// row unless a webhook listens to it. Its id is the email's own ULID under the event
+/// prefix: stable, unique, and earlier than any event recorded after the email.
+fn implied_queued_event(email: &EmailView) -> EventView {
+    let ulid = email
+        .id
+        .split_once('_')
+        .map_or(email.id.as_str(), |(_, u)| u);
+    EventView {
+        id: format!("evt_{ulid}"),
+        kind: events::email::QUEUED.to_string(),
+        recipient: None,
+        occurred_at: email.created_at.clone(),
+        detail: None,
+    }
 }
 
 /// Filters of `GET /v1/emails`, checked.
@@ -478,9 +613,18 @@ pub fn list(conn: &Connection, mode: Mode, f: &ListFilter) -> Result<Vec<EmailVi
         args.push(Box::new(t.clone()));
     }
     if let Some(to) = &f.to {
+        // The indexed recipients, and those the indexer has not copied yet.
         sql.push_str(
-            " AND id IN (SELECT email_id FROM recipients WHERE mode = e.mode AND address_lower = ?)",
+            " AND id IN (SELECT email_id FROM recipient_addresses
+                         WHERE mode = ? AND address_lower = ?
+                         UNION ALL
+                         SELECT email_id FROM recipients
+                         WHERE id > (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM settings
+                                     WHERE key = 'recipients_indexed_to')
+                           AND address_lower = ?)",
         );
+        args.push(Box::new(mode.as_str()));
+        args.push(Box::new(to.to_lowercase()));
         args.push(Box::new(to.to_lowercase()));
     }
     if let Some(from) = &f.from {
@@ -550,7 +694,93 @@ pub fn cancel(conn: &Connection, mode: Mode, id: &str) -> Result<CancelOutcome, 
 
 #[cfg(test)]
 mod tests {
-    use super::derive_status;
+    use super::*;
+    use crate::config::{DatabaseConfig, Synchronous};
+    use crate::store::Db;
+
+    fn add_email(c: &Connection, id: &str, mode: &str, to: &[&str]) {
+        c.execute(
+            "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
+                subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
+                message_id, created_at)
+             VALUES (?1, ?2, 'transactional', 'queued', 'a@b.test', 'a@b.test', 'a@b.test', 's',
+                     '[]', '[]', '[]', '[]', '{}', '[]', ?1, 0)",
+            params![id, mode],
+        )
+        .unwrap();
+        for address in to {
+            c.execute(
+                "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind,
+                                         status, updated_at)
+                 VALUES (?1, ?2, ?3, lower(?3), 'example.org', 'to', 'queued', 0)",
+                params![id, mode, address],
+            )
+            .unwrap();
+        }
+    }
+
+    fn to(c: &Connection, mode: Mode, address: &str) -> Vec<String> {
+        let filter = ListFilter {
+            to: Some(address.into()),
+            limit: 10,
+            ..Default::default()
+        };
+        list(c, mode, &filter)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// The `to` filter finds every email whether its recipients were copied to the address
+    /// index, are still waiting, or some of each; copying goes by chunks and never twice.
+    #[test]
+    fn to_filter_sees_indexed_and_waiting_recipients() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&DatabaseConfig {
+            path: dir.path().join("i.db"),
+            synchronous: Synchronous::Normal,
+        })
+        .unwrap();
+        db.write_blocking(|c| -> Result<(), StoreError> {
+            add_email(c, "msg_1", "test", &["Ana@example.org", "bo@example.org"]);
+            add_email(c, "msg_2", "test", &["ana@example.org"]);
+            add_email(c, "msg_3", "live", &["ana@example.org"]);
+            Ok(())
+        })
+        .unwrap();
+        let read = || db.read_blocking().unwrap();
+        assert!(has_unindexed_recipients(&read()).unwrap());
+        assert_eq!(
+            to(&read(), Mode::Test, "ANA@example.org"),
+            ["msg_2", "msg_1"]
+        );
+        // Two of the four copied: msg_1's; msg_2 and msg_3 still wait.
+        assert_eq!(db.write_blocking(|c| index_addresses(c, 2)).unwrap(), 2);
+        assert_eq!(
+            to(&read(), Mode::Test, "ana@example.org"),
+            ["msg_2", "msg_1"]
+        );
+        assert_eq!(to(&read(), Mode::Live, "ana@example.org"), ["msg_3"]);
+        assert_eq!(db.write_blocking(|c| index_addresses(c, 10)).unwrap(), 2);
+        assert!(!has_unindexed_recipients(&read()).unwrap());
+        assert_eq!(db.write_blocking(|c| index_addresses(c, 10)).unwrap(), 0);
+        db.write_blocking(|c| -> Result<(), StoreError> {
+            add_email(c, "msg_4", "test", &["ana@example.org"]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            to(&read(), Mode::Test, "ana@example.org"),
+            ["msg_4", "msg_2", "msg_1"]
+        );
+        assert_eq!(to(&read(), Mode::Test, "bo@example.org"), ["msg_1"]);
+        assert!(to(&read(), Mode::Test, "cy@example.org").is_empty());
+        let copied: i64 = read()
+            .query_row("SELECT count(*) FROM recipient_addresses", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(copied, 4);
+    }
 
     #[test]
     fn email_status_from_recipients() {

@@ -48,6 +48,22 @@ enum Msg {
     Stop,
 }
 
+thread_local! {
+    /// Rollbacks on this thread so far (see [`rollback_epoch`]).
+    static ROLLBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many rollbacks (of a transaction or of a job's savepoint) the writer thread has made.
+/// A cache of database state kept on the writer thread notes this number when it loads and
+/// reloads when it changed: a rollback can undo a change the cache already saw.
+pub fn rollback_epoch() -> u64 {
+    ROLLBACKS.with(|r| r.get())
+}
+
+fn rolled_back() {
+    ROLLBACKS.with(|r| r.set(r.get() + 1));
+}
+
 /// Most jobs in one transaction: bounds the latency a huge burst adds to its first caller.
 const MAX_JOBS_PER_COMMIT: usize = 512;
 
@@ -123,6 +139,7 @@ impl Writer {
                         };
                         if savepoint {
                             let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                            rolled_back();
                         }
                         Ran {
                             finish: Box::new(move |_| {
@@ -241,6 +258,7 @@ fn run_batch(conn: &Connection, jobs: &mut Vec<Job>) {
     if rollback {
         // The one job of this transaction failed: nothing of it is kept.
         let _ = conn.execute_batch("ROLLBACK");
+        rolled_back();
         for finish in finishes {
             finish(Ok(()));
         }
@@ -257,6 +275,7 @@ fn run_batch(conn: &Connection, jobs: &mut Vec<Job>) {
             let msg = e.to_string();
             tracing::error!(error = %msg, "a group commit failed");
             let _ = conn.execute_batch("ROLLBACK");
+            rolled_back();
             for finish in finishes {
                 finish(Err(&msg));
             }

@@ -61,6 +61,11 @@ async fn send_is_captured_and_delivered_in_test_mode() {
         })
         .await;
     assert_eq!(event_types(&e), ["queued", "delivered"]);
+    // With no webhook listening, the queued event is implied by the email: its id is the
+    // email's ULID, its time the email's.
+    assert_eq!(e["events"][0]["id"], format!("evt_{}", &id[4..]));
+    assert_eq!(e["events"][0]["occurred_at"], e["created_at"]);
+    assert!(e["events"][1]["id"].as_str().unwrap() > e["events"][0]["id"].as_str().unwrap());
     assert_eq!(e["object"], "email");
     assert_eq!(e["type"], "transactional");
     assert_eq!(e["from"], "Acme <hello@acme.test>");
@@ -567,6 +572,17 @@ async fn magic_recipients_drive_the_lifecycle() {
             .await
         }
     };
+    // Test mode captures in the transaction that accepts: the final state is there at once
+    // (delayed@ alone goes through the queue).
+    for (sent, status) in [
+        (&delivered, "delivered"),
+        (&bounced, "bounced"),
+        (&complained, "delivered"),
+    ] {
+        let e = app.email(&app.test_key, sent["id"].as_str().unwrap()).await;
+        assert_eq!(sent["status"], "queued");
+        assert_eq!(e["status"], status, "{e}");
+    }
     let e = wait(&delivered, "delivered").await;
     assert_eq!(event_types(&e), ["queued", "delivered"]);
 

@@ -349,6 +349,44 @@ async fn events_are_signed_and_filtered() {
 }
 
 #[tokio::test]
+async fn a_new_subscription_hears_the_next_event() {
+    // The server keeps which event types have listeners; a change must take effect at once.
+    let rx = WebhookReceiver::start().await;
+    let app = spawn_app().await;
+    let (first, _) = create(&app, &rx.url("/delivered"), json!(["email.delivered"])).await;
+    app.send(&to("ana@example.org")).await;
+    rx.wait_calls("/delivered", 1, WAIT).await;
+    let res = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{first}"),
+            Some(&app.test_key),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    create(&app, &rx.url("/queued"), json!(["email.queued"])).await;
+    let id = app.send(&to("bo@example.org")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let calls = rx.wait_calls("/queued", 1, WAIT).await;
+    assert_eq!(calls[0].json()["type"], "email.queued");
+    assert_eq!(calls[0].json()["data"]["email_id"], id.as_str());
+    // The stored queued event is the one the email shows (no second, implied one).
+    let email = app.email(&app.test_key, &id).await;
+    assert_eq!(email["events"][0]["id"], calls[0].header("webhook-id"));
+    assert_eq!(email["events"].as_array().unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.calls("/delivered").len(),
+        1,
+        "the deleted endpoint heard more"
+    );
+}
+
+#[tokio::test]
 async fn failed_deliveries_are_retried_with_the_same_id() {
     let rx = WebhookReceiver::start().await;
     let app =
