@@ -33,6 +33,9 @@ pub struct Claimed {
     /// The recipient has its own copy of the message (an individually rendered audience
     /// send) instead of the email's.
     pub own_copy: bool,
+    /// The email's only recipient: the email's status is this recipient's, so recording
+    /// the outcome needs no count of the others.
+    pub alone: bool,
 }
 
 /// What a claim took from the queue.
@@ -86,13 +89,15 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
     let mut select = conn.prepare_cached(
         "SELECT r.id, r.email_id, r.mode, r.address, r.domain, r.attempts, r.status,
                 EXISTS (SELECT 1 FROM recipient_copies c WHERE c.recipient_id = r.id),
-                r.address_lower, e.type
+                r.address_lower, e.type,
+                NOT EXISTS (SELECT 1 FROM recipients o WHERE o.email_id = r.email_id AND o.id != r.id)
          FROM recipients r JOIN emails e ON e.id = r.email_id
          WHERE r.status IN ('queued', 'deferred', 'scheduled') AND r.next_attempt_at <= ?1
          UNION ALL
          SELECT r.id, r.email_id, r.mode, r.address, r.domain, r.attempts, r.status,
                 EXISTS (SELECT 1 FROM recipient_copies c WHERE c.recipient_id = r.id),
-                r.address_lower, e.type
+                r.address_lower, e.type,
+                NOT EXISTS (SELECT 1 FROM recipients o WHERE o.email_id = r.email_id AND o.id != r.id)
          FROM recipients r JOIN emails e ON e.id = r.email_id
          WHERE r.status = 'sending' AND r.lease_until <= ?1
          LIMIT ?2",
@@ -115,6 +120,7 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
                     domain: r.get(4)?,
                     attempts: r.get(5)?,
                     own_copy: r.get(7)?,
+                    alone: r.get(10)?,
                 },
                 old_status: r.get(6)?,
                 address_lower: r.get(8)?,
@@ -472,6 +478,8 @@ pub fn record_outcomes(
                 next_attempt_at = ?4, lease_until = NULL, updated_at = ?5
          WHERE id = ?1",
     )?;
+    let mut set_email_status =
+        conn.prepare_cached("UPDATE emails SET status = ?2 WHERE id = ?1 AND status != ?2")?;
     let mut labels = Vec::with_capacity(outcomes.len());
     let mut touched: HashSet<&str> = HashSet::new();
     for o in outcomes {
@@ -484,9 +492,14 @@ pub fn record_outcomes(
             settled.next_attempt_at,
             now
         ])?;
+        if c.alone {
+            let status = crate::emails::store::derive_status([(settled.status, 1)].into_iter());
+            set_email_status.execute(params![c.email_id, status])?;
+        } else {
+            touched.insert(&c.email_id);
+        }
         labels.push(settled.label());
         record_consequences(conn, c.mode, &c.email_id, &c.address, &o.result, settled)?;
-        touched.insert(&c.email_id);
     }
     for email_id in touched {
         refresh_status(conn, email_id)?;
