@@ -338,6 +338,7 @@ impl Application {
             postal::worker::PostalWorker::new(db.clone(), postal).run(shutdown_rx.clone()),
         );
         let indexer = tokio::spawn(emails::indexer::run(db.clone(), shutdown_rx.clone()));
+        tokio::spawn(ops::memory::run(shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintenance_loop(
             db.clone(),
             auth_for_maintenance,

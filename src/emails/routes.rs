@@ -286,7 +286,9 @@ async fn send_batch(
         Begin::Claimed(c) => Some(c),
         Begin::NoKey => None,
     };
-    let ApiJson { value: items, .. } = body;
+    let ApiJson { value: items, raw } = body;
+    // Megabytes for a large batch, and only the idempotency hash needed them.
+    drop(raw);
     let (prepared, errors) = prepare_batch(&state, &auth, items).await?;
     if !errors.is_empty() && !permissive {
         let n = errors.len();

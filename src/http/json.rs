@@ -166,6 +166,7 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest for ApiJson<T> {
             checked?;
             let raw = body.await.map_err(payload_error)?;
             let value = if raw.len() >= PARSE_OFF_THREAD_BYTES {
+                crate::ops::memory::large_body_received();
                 let bytes = raw.clone();
                 super::blocking(move || parse(&bytes)).await??
             } else {

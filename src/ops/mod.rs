@@ -1,6 +1,7 @@
-//! Operations: `GET /healthz`, `GET /metrics` (Prometheus text), the metrics themselves and
-//! the OpenAPI document.
+//! Operations: `GET /healthz`, `GET /metrics` (Prometheus text), the metrics themselves, the
+//! OpenAPI document, and giving memory back after bursts (`memory`).
 
+pub mod memory;
 pub mod metrics;
 pub mod openapi;
 

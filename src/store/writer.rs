@@ -213,12 +213,17 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::Unbou
         }
         run_batch(&conn, &mut jobs);
         checkpointer.committed();
-        if checkpointer.wal_too_large() {
+        if checkpointer.restart_due() {
             // Between two transactions, so this checkpoint can finish and the next
-            // transaction restarts the WAL from its beginning.
+            // transaction restarts the WAL from its beginning (see `store::checkpoint`).
+            let started = std::time::Instant::now();
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::warn!(error = %e, "a WAL checkpoint by the writer failed");
             }
+            tracing::debug!(
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "writer checkpoint"
+            );
         }
     }
     // Jobs that arrived after Stop still get an answer.
