@@ -11,7 +11,7 @@ use serde_json::json;
 use super::bounce::{self, BounceCategory, Classification};
 use super::smtp::Reply;
 
-use crate::emails::store::refresh_status;
+use crate::emails::store::{refresh_status, set_status_of_single};
 use crate::events::{self, NewEvent};
 use crate::keys::Mode;
 use crate::store::{StoreError, time};
@@ -147,7 +147,7 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
     for row in rows {
         let c = &row.claimed;
         let refresh = row.old_status == "scheduled";
-        if refresh {
+        if refresh && !c.alone {
             touched.insert(c.email_id.clone());
         }
         let blocked =
@@ -166,11 +166,18 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
                     .detail(&detail),
             )?;
             claim.suppressed += 1;
-            touched.insert(c.email_id.clone());
+            if c.alone {
+                set_status_of_single(conn, &c.email_id, "suppressed")?;
+            } else {
+                touched.insert(c.email_id.clone());
+            }
             continue;
         }
         lease.execute(params![c.rcpt_id, lease_until, now])?;
         if refresh {
+            if c.alone {
+                set_status_of_single(conn, &c.email_id, "sending")?;
+            }
             released.insert(c.email_id.clone(), c.mode);
         }
         claim.claimed.push(row.claimed);
@@ -478,8 +485,6 @@ pub fn record_outcomes(
                 next_attempt_at = ?4, lease_until = NULL, updated_at = ?5
          WHERE id = ?1",
     )?;
-    let mut set_email_status =
-        conn.prepare_cached("UPDATE emails SET status = ?2 WHERE id = ?1 AND status != ?2")?;
     let mut labels = Vec::with_capacity(outcomes.len());
     let mut touched: HashSet<&str> = HashSet::new();
     for o in outcomes {
@@ -493,8 +498,7 @@ pub fn record_outcomes(
             now
         ])?;
         if c.alone {
-            let status = crate::emails::store::derive_status([(settled.status, 1)].into_iter());
-            set_email_status.execute(params![c.email_id, status])?;
+            set_status_of_single(conn, &c.email_id, settled.status)?;
         } else {
             touched.insert(&c.email_id);
         }

@@ -323,6 +323,19 @@ pub fn refresh_status(conn: &Connection, email_id: &str) -> Result<&'static str,
     Ok(status)
 }
 
+/// Stores the status of an email whose only recipient now has `recipient_status`: the
+/// same as [`refresh_status`] without counting the recipients.
+pub fn set_status_of_single(
+    conn: &Connection,
+    email_id: &str,
+    recipient_status: &str,
+) -> Result<&'static str, StoreError> {
+    let status = derive_status([(recipient_status, 1)].into_iter());
+    conn.prepare_cached("UPDATE emails SET status = ?2 WHERE id = ?1 AND status != ?2")?
+        .execute(params![email_id, status])?;
+    Ok(status)
+}
+
 /// One recipient as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecipientView {
