@@ -53,6 +53,7 @@ pub fn prepare(
         id,
         mode,
         envelope_from,
+        columns: store::EmailColumns::of(&draft),
         draft,
         raw,
         message_id,

@@ -44,6 +44,35 @@ pub struct PreparedEmail {
     pub audience_id: Option<String>,
     /// The From domain's DKIM signer, so per-recipient copies are signed like `raw`.
     pub signer: Option<std::sync::Arc<crate::domains::Sender>>,
+    /// The draft's text columns, made when preparing: off the writer thread that stores.
+    pub columns: EmailColumns,
+}
+
+/// The `emails` columns that are text made from the draft (display forms and JSON).
+pub struct EmailColumns {
+    from_header: String,
+    from_lower: String,
+    to_json: String,
+    cc_json: String,
+    bcc_json: String,
+    reply_to_json: String,
+    tags_json: String,
+    headers_json: String,
+}
+
+impl EmailColumns {
+    pub fn of(d: &EmailDraft) -> EmailColumns {
+        EmailColumns {
+            from_header: d.from.display(),
+            from_lower: d.from.address.to_string().to_lowercase(),
+            to_json: to_json(&d.to),
+            cc_json: to_json(&d.cc),
+            bcc_json: to_json(&d.bcc),
+            reply_to_json: to_json(&d.reply_to),
+            tags_json: serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()),
+            headers_json: serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
+        }
+    }
 }
 
 /// What the API answers for an accepted email.
@@ -68,6 +97,7 @@ fn to_json(list: &[crate::address::Mailbox]) -> String {
 /// needs the queue.
 pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreError> {
     let d = &e.draft;
+    let c = &e.columns;
     let marketing = d.email_type == EmailType::Marketing;
     let initial = if d.scheduled_at.is_some() {
         "scheduled"
@@ -134,16 +164,16 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
         e.mode.as_str(),
         d.email_type.as_str(),
         stored_status,
-        d.from.display(),
-        d.from.address.to_string().to_lowercase(),
+        c.from_header,
+        c.from_lower,
         e.envelope_from,
         d.subject,
-        to_json(&d.to),
-        to_json(&d.cc),
-        to_json(&d.bcc),
-        to_json(&d.reply_to),
-        serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()),
-        serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
+        c.to_json,
+        c.cc_json,
+        c.bcc_json,
+        c.reply_to_json,
+        c.tags_json,
+        c.headers_json,
         e.message_id,
         d.track_opens,
         d.track_clicks,
