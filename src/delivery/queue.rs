@@ -1,7 +1,7 @@
 //! SQL of the delivery queue: claiming due recipients with a lease, recording outcomes
 //! (status, attempts, retry time, events, suppressions) and the figures the metrics show.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,10 +146,6 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
     let mut claim = Claim::default();
     for row in rows {
         let c = &row.claimed;
-        let refresh = row.old_status == "scheduled";
-        if refresh && !c.alone {
-            touched.insert(c.email_id.clone());
-        }
         let blocked =
             suppressions::blocking_reason(conn, c.mode, &row.address_lower, row.marketing)?;
         if let Some(reason) = blocked {
@@ -166,18 +162,12 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
                     .detail(&detail),
             )?;
             claim.suppressed += 1;
-            if c.alone {
-                set_status_of_single(conn, &c.email_id, "suppressed")?;
-            } else {
-                touched.insert(c.email_id.clone());
-            }
+            follow_recipient(conn, c, "suppressed", &mut touched)?;
             continue;
         }
         lease.execute(params![c.rcpt_id, lease_until, now])?;
-        if refresh {
-            if c.alone {
-                set_status_of_single(conn, &c.email_id, "sending")?;
-            }
+        if row.old_status == "scheduled" {
+            follow_recipient(conn, c, "sending", &mut touched)?;
             released.insert(c.email_id.clone(), c.mode);
         }
         claim.claimed.push(row.claimed);
@@ -193,6 +183,23 @@ pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
         refresh_status(conn, email_id)?;
     }
     Ok(claim)
+}
+
+/// Keeps the stored status of `c`'s email up with `c`, which now has `status`: set at once
+/// when `c` is the email's only recipient (the email's status is then its own), otherwise
+/// the email goes into `recount`, whose emails the caller recounts once at the end.
+fn follow_recipient(
+    conn: &Connection,
+    c: &Claimed,
+    status: &str,
+    recount: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    if c.alone {
+        set_status_of_single(conn, &c.email_id, status)?;
+    } else {
+        recount.insert(c.email_id.clone());
+    }
+    Ok(())
 }
 
 /// Milliseconds until the next recipient becomes due (or its lease expires), if any waits.
@@ -364,15 +371,10 @@ pub struct Settled<'a> {
 }
 
 impl Settled<'_> {
-    /// The metric label of the outcome (`mailsflux_deliveries_total{outcome}`).
+    /// The metric label of the outcome (`mailsflux_deliveries_total{outcome}`): the new
+    /// status, one of those [`settle`] gives.
     pub fn label(&self) -> &'static str {
-        match self.status {
-            "deferred" => "deferred",
-            "failed" => "failed",
-            "bounced" => "bounced",
-            "sent" => "sent",
-            _ => "delivered",
-        }
+        self.status
     }
 }
 
@@ -486,7 +488,7 @@ pub fn record_outcomes(
          WHERE id = ?1",
     )?;
     let mut labels = Vec::with_capacity(outcomes.len());
-    let mut touched: HashSet<&str> = HashSet::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     for o in outcomes {
         let c = &o.claimed;
         let settled = settle(&o.result, c.attempts + 1, o.retry_in, retry_schedule, now);
@@ -497,15 +499,11 @@ pub fn record_outcomes(
             settled.next_attempt_at,
             now
         ])?;
-        if c.alone {
-            set_status_of_single(conn, &c.email_id, settled.status)?;
-        } else {
-            touched.insert(&c.email_id);
-        }
+        follow_recipient(conn, c, settled.status, &mut touched)?;
         labels.push(settled.label());
         record_consequences(conn, c.mode, &c.email_id, &c.address, &o.result, settled)?;
     }
-    for email_id in touched {
+    for email_id in &touched {
         refresh_status(conn, email_id)?;
     }
     Ok(labels)

@@ -663,11 +663,12 @@ pub fn list(conn: &Connection, mode: Mode, f: &ListFilter) -> Result<Vec<EmailVi
                          UNION ALL
                          SELECT email_id FROM recipients
                          WHERE id > (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM settings
-                                     WHERE key = 'recipients_indexed_to')
+                                     WHERE key = ?)
                            AND address_lower = ?)",
         );
         args.push(Box::new(mode.as_str()));
         args.push(Box::new(to.to_lowercase()));
+        args.push(Box::new(INDEXED_TO));
         args.push(Box::new(to.to_lowercase()));
     }
     if let Some(from) = &f.from {
@@ -738,7 +739,6 @@ pub fn cancel(conn: &Connection, mode: Mode, id: &str) -> Result<CancelOutcome, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DatabaseConfig, Synchronous};
     use crate::store::Db;
 
     fn add_email(c: &Connection, id: &str, mode: &str, to: &[&str]) {
@@ -780,11 +780,7 @@ mod tests {
     #[test]
     fn to_filter_sees_indexed_and_waiting_recipients() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&DatabaseConfig {
-            path: dir.path().join("i.db"),
-            synchronous: Synchronous::Normal,
-        })
-        .unwrap();
+        let db = Db::open_for_test(dir.path());
         db.write_blocking(|c| -> Result<(), StoreError> {
             add_email(c, "msg_1", "test", &["Ana@example.org", "bo@example.org"]);
             add_email(c, "msg_2", "test", &["ana@example.org"]);

@@ -121,7 +121,6 @@ fn run(conn: Connection, rx: Receiver<()>, progress: &Progress) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::config::{DatabaseConfig, Synchronous};
     use crate::store::{Db, StoreError};
 
     /// Under a steady stream of commits the WAL restarts from its beginning again and again
@@ -130,18 +129,13 @@ mod tests {
     #[test]
     fn a_steady_stream_of_commits_keeps_the_wal_short() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let db = Db::open(&DatabaseConfig {
-            path: path.clone(),
-            synchronous: Synchronous::Normal,
-        })
-        .unwrap();
+        let db = Db::open_for_test(dir.path());
         db.write_blocking(|c| -> Result<(), StoreError> {
             c.execute_batch("CREATE TABLE blobs (x BLOB)")?;
             Ok(())
         })
         .unwrap();
-        let wal = dir.path().join("c.db-wal");
+        let wal = db.path().with_extension("db-wal");
         let (mut written, mut longest) = (0u64, 0u64);
         // About 25 MB/s for 2.5 s: many passes of the checkpoint thread.
         let started = Instant::now();

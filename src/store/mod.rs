@@ -108,6 +108,16 @@ impl Db {
         })
     }
 
+    /// A new database file `test.db` in `dir`, for unit tests.
+    #[cfg(test)]
+    pub fn open_for_test(dir: &Path) -> Db {
+        Db::open(&DatabaseConfig {
+            path: dir.join("test.db"),
+            synchronous: Synchronous::Normal,
+        })
+        .expect("opening a test database")
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

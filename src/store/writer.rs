@@ -290,7 +290,6 @@ fn run_batch(conn: &Connection, jobs: &mut Vec<Job>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{DatabaseConfig, Synchronous};
     use crate::store::{Db, StoreError};
 
     fn settings_count(db: &Db, key: &str) -> i64 {
@@ -317,11 +316,7 @@ mod tests {
     #[test]
     fn a_failed_job_keeps_nothing_and_spares_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&DatabaseConfig {
-            path: dir.path().join("w.db"),
-            synchronous: Synchronous::Normal,
-        })
-        .unwrap();
+        let db = Db::open_for_test(dir.path());
         // Alone: one job at a time.
         assert!(insert_then(&db, "alone-failed", true).is_err());
         insert_then(&db, "alone-ok", false).unwrap();
