@@ -311,6 +311,53 @@ mod tests {
     }
 
     #[test]
+    fn migration_3_moves_the_address_index_out_of_the_recipients() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let steps = migration_steps();
+        Migrations::new(steps[..2].iter().map(|s| M::up(s)).collect())
+            .to_latest(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
+                subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
+                message_id, created_at)
+             VALUES ('msg_1', 'test', 'transactional', 'queued', 'a@x.test', 'a@x.test',
+                'a@x.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 1);
+             INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
+                status, updated_at)
+             VALUES (7, 'msg_1', 'test', 'B@y.test', 'b@y.test', 'y.test', 'to', 'queued', 1),
+                    (9, 'msg_1', 'test', 'c@y.test', 'c@y.test', 'y.test', 'cc', 'queued', 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let copied: Vec<(String, String, String)> = conn
+            .prepare("SELECT mode, address_lower, email_id FROM recipient_addresses")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let row = |a: &str| ("test".to_string(), a.to_string(), "msg_1".to_string());
+        assert_eq!(copied, vec![row("b@y.test"), row("c@y.test")]);
+        let mark: String = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'recipients_indexed_to'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(mark, "9");
+        let old_index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'recipients_by_address'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_index, 0);
+    }
+
+    #[test]
     fn schema_applies_and_is_idempotent() {
         let mut conn = Connection::open_in_memory().unwrap();
         let steps = migration_steps();
