@@ -419,3 +419,41 @@ INSERT OR IGNORE INTO recipient_addresses (mode, address_lower, email_id)
 INSERT OR REPLACE INTO settings (key, value)
     SELECT 'recipients_indexed_to', CAST(coalesce(max(id), 0) AS TEXT) FROM recipients;
 DROP INDEX recipients_by_address;
+
+-- migration: 4
+-- Recipient rows without temporary B-trees. A condition written `x IN (three or more
+-- values)` makes SQLite build a temporary B-tree for the list each time it is tested: the
+-- CHECK on `kind` on every recipient INSERT, the due index's condition on every INSERT and
+-- every status UPDATE (three per accepted email, a tenth of the writer's time). Written as
+-- equalities they cost nothing. A CHECK can only change with its table, so the table is
+-- rebuilt (SQLite's documented way: new table, copy, drop, rename; src/store/mod.rs turns
+-- foreign keys off around migrations and checks them afterwards). Queries that use the
+-- due index must write its condition exactly like this (src/delivery/queue.rs).
+CREATE TABLE recipients_rebuilt (
+    id              INTEGER PRIMARY KEY,
+    email_id        TEXT NOT NULL REFERENCES emails (id) ON DELETE CASCADE,
+    mode            TEXT NOT NULL,
+    address         TEXT NOT NULL,
+    address_lower   TEXT NOT NULL,
+    domain          TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind = 'to' OR kind = 'cc' OR kind = 'bcc'),
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_response   TEXT,
+    next_attempt_at INTEGER,
+    lease_until     INTEGER,
+    updated_at      INTEGER NOT NULL,
+    contact_id      TEXT
+) STRICT;
+INSERT INTO recipients_rebuilt (id, email_id, mode, address, address_lower, domain, kind,
+        status, attempts, last_response, next_attempt_at, lease_until, updated_at, contact_id)
+    SELECT id, email_id, mode, address, address_lower, domain, kind,
+        status, attempts, last_response, next_attempt_at, lease_until, updated_at, contact_id
+    FROM recipients;
+DROP TABLE recipients;
+ALTER TABLE recipients_rebuilt RENAME TO recipients;
+CREATE INDEX recipients_by_email ON recipients (email_id, id);
+CREATE INDEX recipients_by_email_status ON recipients (email_id, status);
+CREATE INDEX recipients_due ON recipients (next_attempt_at)
+    WHERE status = 'queued' OR status = 'deferred' OR status = 'scheduled';
+CREATE INDEX recipients_leased ON recipients (lease_until) WHERE status = 'sending';

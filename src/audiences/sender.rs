@@ -152,7 +152,7 @@ pub async fn accept(
             mode,
             &key_id,
             draft,
-            &domains.senders,
+            &mut domains.senders.lookup(),
             crate::store::ids::new_id("msg"),
         )?;
         prepared.raw.clear();

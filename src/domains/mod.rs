@@ -13,6 +13,7 @@ pub mod routes;
 pub mod store;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -166,6 +167,43 @@ impl Senders {
     /// Drops the cached key of a deleted domain.
     pub fn forget(&self, domain_id: &str) {
         self.keys.invalidate(domain_id);
+    }
+
+    /// A lookup for the emails of one request (see [`SenderLookup`]).
+    pub fn lookup(&self) -> SenderLookup<'_> {
+        SenderLookup {
+            senders: self,
+            seen: HashMap::new(),
+        }
+    }
+}
+
+/// [`Senders::for_email`] with its answers kept for the rest of one request: the emails of
+/// a batch mostly share their From domain, whose row is then read once instead of once per
+/// email (a fifth of preparing a batch went to those reads). A domain changed while the
+/// request is prepared is seen by the next request, as if that change came a moment later.
+pub struct SenderLookup<'a> {
+    senders: &'a Senders,
+    seen: HashMap<(Mode, String), SenderAnswer>,
+}
+
+/// What [`SenderLookup::for_email`] answers: the sender, none (not a sending domain), or
+/// the refusal of an unverified one.
+type SenderAnswer = Result<Option<Arc<Sender>>, ApiError>;
+
+impl SenderLookup<'_> {
+    /// The sender of an email from `from_domain`, as [`Senders::for_email`] answers.
+    pub fn for_email(&mut self, mode: Mode, from_domain: &str) -> SenderAnswer {
+        let key = (mode, from_domain.to_ascii_lowercase());
+        if let Some(answer) = self.seen.get(&key) {
+            return answer.clone();
+        }
+        let answer = self
+            .senders
+            .for_email(mode, &key.1)
+            .map(|sender| sender.map(Arc::new));
+        self.seen.insert(key, answer.clone());
+        answer
     }
 }
 

@@ -9,7 +9,7 @@ pub mod request;
 pub mod routes;
 pub mod store;
 
-use crate::domains::Senders;
+use crate::domains::SenderLookup;
 use crate::http::ApiError;
 use crate::keys::Mode;
 use crate::store::time;
@@ -27,12 +27,10 @@ pub fn prepare(
     mode: Mode,
     api_key_id: &str,
     draft: EmailDraft,
-    senders: &Senders,
+    senders: &mut SenderLookup<'_>,
     id: String,
 ) -> Result<PreparedEmail, ApiError> {
-    let sender = senders
-        .for_email(mode, draft.from.address.domain())?
-        .map(std::sync::Arc::new);
+    let sender = senders.for_email(mode, draft.from.address.domain())?;
     let created_at = time::now();
     let message_id = mime::message_id(&id, draft.from.address.domain());
     let mut raw = mime::build(&draft, &message_id, created_at, &Vec::new()).map_err(|e| {

@@ -3,12 +3,15 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::request::SendRequest;
 use super::store::{self, Accepted, CancelOutcome, ListFilter, PreparedEmail};
 use crate::AppState;
+use crate::domains::SenderLookup;
 use crate::http::idempotency::{self, Begin};
 use crate::http::{
     ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
@@ -19,6 +22,10 @@ use crate::tracking::copies::Links;
 
 /// Most items of one batch.
 pub const MAX_BATCH: usize = 1000;
+
+/// Batches of at least this many emails are stored in a transaction of their own
+/// (`Db::write_alone`); smaller ones share the group commit like single sends.
+const BIG_BATCH: usize = 100;
 
 /// Registers the emails routes (under `/v1`), documented in the OpenAPI document.
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
@@ -35,9 +42,9 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 /// (`tracking::copies`). `id` is the email's id (`msg_...`). Reads the database and does
 /// CPU work: call it off the async threads.
 fn prepare_one(
-    state: &AppState,
     auth: &Authenticated,
     templates: &mut SendRenderer,
+    senders: &mut SenderLookup<'_>,
     links: &Links,
     mut request: SendRequest,
     id: String,
@@ -56,13 +63,7 @@ fn prepare_one(
     let applied = templates.apply(request)?;
     let mut draft = applied.request.into_draft(false)?;
     draft.template_id = applied.template_id;
-    let mut prepared = super::prepare(
-        auth.mode(),
-        auth.key_id(),
-        draft,
-        &state.domains.senders,
-        id,
-    )?;
+    let mut prepared = super::prepare(auth.mode(), auth.key_id(), draft, senders, id)?;
     crate::tracking::copies::personalize(&mut prepared, variables, links)?;
     Ok(prepared)
 }
@@ -86,7 +87,7 @@ const PREPARE_CHUNK: usize = 125;
 async fn prepare_batch(
     state: &web::Data<AppState>,
     auth: &Authenticated,
-    items: Vec<Value>,
+    items: Vec<Box<RawValue>>,
 ) -> Result<(Vec<PreparedEmail>, Vec<ItemError>), ApiError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = PREPARE_CHUNK.max(items.len().div_ceil(cores));
@@ -99,7 +100,7 @@ async fn prepare_batch(
     let mut items = items.into_iter().zip(ids);
     let mut first_index = 0;
     loop {
-        let part: Vec<(Value, String)> = items.by_ref().take(chunk).collect();
+        let part: Vec<(Box<RawValue>, String)> = items.by_ref().take(chunk).collect();
         if part.is_empty() {
             break;
         }
@@ -110,15 +111,16 @@ async fn prepare_batch(
         chunks.push(blocking(move || {
             let mut prepared = Vec::with_capacity(part.len());
             let mut errors = Vec::new();
+            let mut senders = state.domains.senders.lookup();
             for (offset, (item, id)) in part.into_iter().enumerate() {
-                let result = crate::http::json::parse_value::<SendRequest>(item).and_then(|r| {
+                let result = crate::http::json::parse_item::<SendRequest>(&item).and_then(|r| {
                     if r.audience_id.is_some() {
                         return Err(ApiError::validation(
                             "A batch item cannot use 'audience_id'; send audience emails one at a time.",
                         )
                         .with_field("audience_id"));
                     }
-                    prepare_one(&state, &auth, &mut templates, &links, r, id)
+                    prepare_one(&auth, &mut templates, &mut senders, &links, r, id)
                 });
                 match result {
                     Ok(p) => prepared.push(p),
@@ -193,7 +195,8 @@ async fn send_email(
     let links = links(&state);
     let prepared = blocking(move || {
         let id = crate::store::ids::new_id("msg");
-        prepare_one(&state2, &auth2, &mut templates, &links, value, id)
+        let mut senders = state2.domains.senders.lookup();
+        prepare_one(&auth2, &mut templates, &mut senders, &links, value, id)
     })
     .await??;
     let record = claim.as_ref().map(|c| c.record());
@@ -217,9 +220,14 @@ async fn send_email(
     Ok(json_response(StatusCode::OK, bytes))
 }
 
-/// What a batch's transaction gives back: the accepted emails, the refused items, and the
-/// answer when an Idempotency-Key made it inside the transaction.
-type Stored = (Vec<store::Accepted>, Vec<ItemError>, Option<Vec<u8>>);
+/// What a batch's transaction gives back: the accepted emails, the refused items, the
+/// answer when an Idempotency-Key made it inside the transaction, and the stored emails.
+type Stored = (
+    Vec<store::Accepted>,
+    Vec<ItemError>,
+    Option<Vec<u8>>,
+    Vec<PreparedEmail>,
+);
 
 /// One refused item of a batch.
 #[derive(Debug, Serialize)]
@@ -250,7 +258,7 @@ async fn send_batch(
     state: web::Data<AppState>,
     auth: Authenticated,
     req: HttpRequest,
-    body: ApiJson<Vec<Value>>,
+    body: ApiJson<Vec<Box<RawValue>>>,
 ) -> Result<HttpResponse, ApiError> {
     let permissive = match req
         .headers()
@@ -322,24 +330,30 @@ async fn send_batch(
             json_body(&json!({ "data": data }))
         }
     };
-    let (data, errors, bytes) = state
-        .db
-        .write(move |conn| -> Result<Stored, ApiError> {
-            let mut data = Vec::with_capacity(prepared.len());
-            for p in &prepared {
-                data.push(store::insert(conn, p)?);
+    let big = prepared.len() >= BIG_BATCH;
+    let store_all = move |conn: &Connection| -> Result<Stored, ApiError> {
+        let mut data = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            data.push(store::insert(conn, p)?);
+        }
+        let bytes = match &record {
+            Some(record) => {
+                let bytes = answer(&data, &errors);
+                record.save(conn, 200, &bytes)?;
+                Some(bytes)
             }
-            let bytes = match &record {
-                Some(record) => {
-                    let bytes = answer(&data, &errors);
-                    record.save(conn, 200, &bytes)?;
-                    Some(bytes)
-                }
-                None => None,
-            };
-            Ok((data, errors, bytes))
-        })
-        .await?;
+            None => None,
+        };
+        // Handed back so that freeing a thousand messages happens here, not on the
+        // writer thread every request waits for.
+        Ok((data, errors, bytes, prepared))
+    };
+    let (data, errors, bytes, prepared) = if big {
+        state.db.write_alone(store_all).await?
+    } else {
+        state.db.write(store_all).await?
+    };
+    drop(prepared);
     let bytes = bytes.unwrap_or_else(|| answer(&data, &errors));
     drop(claim);
     for accepted in &data {

@@ -150,6 +150,17 @@ impl Db {
         self.writer.run(f).await
     }
 
+    /// Like [`Db::write`], in a transaction of its own: for big jobs, such as a batch of
+    /// emails (see `Writer::run_alone`).
+    pub async fn write_alone<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.run_alone(f).await
+    }
+
     /// A read connection for synchronous callers (the CLI, blocking workers).
     pub fn read_blocking(
         &self,
@@ -254,10 +265,32 @@ fn migration_steps() -> Vec<&'static str> {
 }
 
 /// Brings the schema to the latest version (idempotent).
+///
+/// Foreign keys are off while the steps run: a step that rebuilds a table drops the old one,
+/// which with them on would delete (cascade) or refuse for the rows that point at it. They
+/// are checked once all steps ran, and a violation fails the migration.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    let before = version(conn)?;
+    let enforced: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     let migrations = Migrations::new(migration_steps().into_iter().map(M::up).collect());
-    migrations.to_latest(conn)?;
-    Ok(())
+    let migrated = migrations.to_latest(conn);
+    let violations = if version(conn)? == before {
+        Ok(0)
+    } else {
+        conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    conn.pragma_update(None, "foreign_keys", if enforced { "ON" } else { "OFF" })?;
+    migrated?;
+    match violations? {
+        0 => Ok(()),
+        n => Err(StoreError::Task(format!(
+            "the schema migration left {n} rows pointing at rows that do not exist"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +388,89 @@ mod tests {
             )
             .unwrap();
         assert_eq!(old_index, 0);
+    }
+
+    #[test]
+    fn migration_4_rebuilds_the_recipients_and_keeps_every_row() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let steps = migration_steps();
+        Migrations::new(steps[..3].iter().map(|s| M::up(s)).collect())
+            .to_latest(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
+                subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
+                message_id, created_at)
+             VALUES ('msg_1', 'live', 'marketing', 'queued', 'a@x.test', 'a@x.test',
+                'a@x.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 1);
+             INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
+                status, attempts, last_response, next_attempt_at, lease_until, updated_at,
+                contact_id)
+             VALUES (7, 'msg_1', 'live', 'B@y.test', 'b@y.test', 'y.test', 'to', 'deferred', 2,
+                    '451 later', 50, NULL, 3, 'ct_1'),
+                    (9, 'msg_1', 'live', 'c@y.test', 'c@y.test', 'y.test', 'bcc', 'sending', 1,
+                    NULL, 40, 99, 4, NULL);
+             INSERT INTO recipient_copies (recipient_id, raw) VALUES (7, x'4142');",
+        )
+        .unwrap();
+        let rows = |c: &Connection| -> Vec<String> {
+            c.prepare("SELECT * FROM recipients ORDER BY id")
+                .unwrap()
+                .query_map([], |r| {
+                    Ok((0..14)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let before = rows(&conn);
+        migrate(&mut conn).unwrap();
+        assert_eq!(rows(&conn), before);
+        let enforced: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(enforced, "foreign keys are on again after migrating");
+        let copies: i64 = conn
+            .query_row("SELECT count(*) FROM recipient_copies", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            copies, 1,
+            "the copies pointing at the rebuilt table are kept"
+        );
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'recipients' AND type = 'index' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "recipients_by_email",
+                "recipients_by_email_status",
+                "recipients_due",
+                "recipients_leased"
+            ]
+        );
+        let bad_kind = conn.execute(
+            "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
+                updated_at) VALUES ('msg_1', 'live', 'd@y.test', 'd@y.test', 'y.test', 'from',
+                'queued', 5)",
+            [],
+        );
+        assert!(bad_kind.is_err(), "the CHECK on kind still holds");
+        let orphan = conn.execute(
+            "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
+                updated_at) VALUES ('msg_none', 'live', 'd@y.test', 'd@y.test', 'y.test', 'to',
+                'queued', 5)",
+            [],
+        );
+        assert!(orphan.is_err(), "the foreign key to emails still holds");
     }
 
     #[test]

@@ -44,7 +44,10 @@ impl Ran {
 }
 
 enum Msg {
+    /// A job that shares its transaction with whatever else is queued.
     Job(Job),
+    /// A job that gets a transaction of its own (see [`Writer::run_alone`]).
+    BigJob(Job),
     Stop,
 }
 
@@ -160,9 +163,30 @@ impl Writer {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
+        self.queue(Msg::Job, f).await
+    }
+
+    /// Like [`Writer::run`], in a transaction of its own. For big jobs (a batch of a
+    /// thousand emails): sharing a commit saves them nothing, and sharing it would put them
+    /// in a savepoint, which copies every page they touch into the statement journal.
+    pub async fn run_alone<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.queue(Msg::BigJob, f).await
+    }
+
+    async fn queue<T, E, F>(&self, kind: fn(Job) -> Msg, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Job(Self::job(f, reply)))
+            .send(kind(Self::job(f, reply)))
             .map_err(|_| E::from(StoreError::WriterGone))?;
         answer.await.map_err(|_| E::from(StoreError::WriterGone))?
     }
@@ -195,20 +219,31 @@ impl Writer {
 
 fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
-    let mut stopping = false;
-    while !stopping {
-        match rx.blocking_recv() {
-            Some(Msg::Job(job)) => jobs.push(job),
-            Some(Msg::Stop) | None => break,
-        }
-        while jobs.len() < MAX_JOBS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(Msg::Job(job)) => jobs.push(job),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
+    // A message taken from the queue that could not join the transaction being gathered.
+    let mut held: Option<Msg> = None;
+    loop {
+        let first = match held.take() {
+            Some(msg) => msg,
+            None => match rx.blocking_recv() {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        match first {
+            Msg::Stop => break,
+            Msg::BigJob(job) => jobs.push(job),
+            Msg::Job(job) => {
+                jobs.push(job);
+                while jobs.len() < MAX_JOBS_PER_COMMIT {
+                    match rx.try_recv() {
+                        Ok(Msg::Job(job)) => jobs.push(job),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                Err(_) => break,
             }
         }
         run_batch(&conn, &mut jobs);
@@ -228,8 +263,10 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::Unbou
     }
     // Jobs that arrived after Stop still get an answer.
     rx.close();
-    while let Ok(Msg::Job(job)) = rx.try_recv() {
-        jobs.push(job);
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Job(job) | Msg::BigJob(job) = msg {
+            jobs.push(job);
+        }
     }
     if !jobs.is_empty() {
         run_batch(&conn, &mut jobs);
@@ -337,6 +374,74 @@ mod tests {
             assert_eq!(result.is_err(), fail);
             assert_eq!(settings_count(&db, key), i64::from(!fail), "{key}");
         }
+        db.close();
+    }
+
+    /// A big job runs in a transaction of its own, which its failure rolls back whole: the
+    /// small jobs queued around it must never share that transaction, or they would be
+    /// rolled back with it.
+    #[test]
+    fn a_failing_big_job_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_test(dir.path());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let small = |i: usize| {
+            let db = db.clone();
+            async move {
+                db.write(move |c| -> Result<(), StoreError> {
+                    c.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, 'x')",
+                        [format!("small-{i}")],
+                    )?;
+                    Ok(())
+                })
+                .await
+            }
+        };
+        let big = |key: &'static str, fail: bool| {
+            let db = db.clone();
+            async move {
+                db.write_alone(move |c| -> Result<(), StoreError> {
+                    for n in 0..1_000 {
+                        c.execute(
+                            "INSERT INTO settings (key, value) VALUES (?1, 'x')",
+                            [format!("{key}-{n}")],
+                        )?;
+                    }
+                    if fail {
+                        return Err(StoreError::Task("the big job changed its mind".into()));
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        };
+        let (first, failed, kept, last) = runtime.block_on(async {
+            tokio::join!(
+                futures_util::future::join_all((0..8).map(small)),
+                big("big-failed", true),
+                big("big-kept", false),
+                futures_util::future::join_all((8..16).map(small)),
+            )
+        });
+        assert!(first.iter().chain(&last).all(Result::is_ok));
+        assert!(failed.is_err());
+        assert!(kept.is_ok());
+        let count = |pattern: &str| -> i64 {
+            db.read_blocking()
+                .unwrap()
+                .query_row(
+                    "SELECT count(*) FROM settings WHERE key LIKE ?1",
+                    [pattern],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(count("small-%"), 16);
+        assert_eq!(count("big-failed-%"), 0);
+        assert_eq!(count("big-kept-%"), 1_000);
         db.close();
     }
 }
