@@ -206,19 +206,19 @@ fn follow_recipient(
     Ok(())
 }
 
+/// The earliest due time and lease end; the due condition is the index's, as in
+/// [`CLAIM_DUE`].
+const NEXT_DUE: &str = "SELECT min(t) FROM (
+        SELECT min(next_attempt_at) AS t FROM recipients
+         WHERE status = 'queued' OR status = 'deferred' OR status = 'scheduled'
+        UNION ALL
+        SELECT min(lease_until) FROM recipients WHERE status = 'sending')";
+
 /// Milliseconds until the next recipient becomes due (or its lease expires), if any waits.
 /// Due times are whole seconds: one due at second `t` is claimable from the start of `t`.
 pub fn next_due_in_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
     let next: Option<i64> = conn
-        .query_row(
-            "SELECT min(t) FROM (
-                SELECT min(next_attempt_at) AS t FROM recipients
-                 WHERE status = 'queued' OR status = 'deferred' OR status = 'scheduled'
-                UNION ALL
-                SELECT min(lease_until) FROM recipients WHERE status = 'sending')",
-            [],
-            |r| r.get(0),
-        )
+        .query_row(NEXT_DUE, [], |r| r.get(0))
         .optional()?
         .flatten();
     Ok(next.map(|t| t * 1000 - time::now_ms()))
@@ -557,15 +557,21 @@ mod tests {
                 "{write}: {ops:?}"
             );
         }
-        let claim = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::CLAIM_DUE))
-            .unwrap()
-            .query_map([0, 10], |r| r.get::<_, String>(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(claim.contains("recipients_due"), "{claim}");
+        let plan = |sql: &str, params: &[i64]| -> String {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        for (sql, params) in [(super::CLAIM_DUE, &[0, 10][..]), (super::NEXT_DUE, &[])] {
+            let plan = plan(sql, params);
+            assert!(plan.contains("recipients_due"), "{sql}: {plan}");
+        }
         assert!(super::next_due_in_ms(&conn).unwrap().is_none());
         drop(conn);
         db.close();

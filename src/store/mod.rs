@@ -299,9 +299,7 @@ mod tests {
 
     #[test]
     fn migration_2_moves_bodies_out_of_the_rows_that_change() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let first = Migrations::new(vec![M::up(migration_steps()[0])]);
-        first.to_latest(&mut conn).unwrap();
+        let mut conn = at_version(1);
         conn.execute_batch(
             "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
                 subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
@@ -343,20 +341,41 @@ mod tests {
         assert_eq!(email_columns, 0);
     }
 
-    #[test]
-    fn migration_3_moves_the_address_index_out_of_the_recipients() {
+    /// An in-memory database, foreign keys on as the server has them, with the first
+    /// `version` migration steps applied.
+    fn at_version(version: usize) -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        let steps = migration_steps();
-        Migrations::new(steps[..2].iter().map(|s| M::up(s)).collect())
-            .to_latest(&mut conn)
-            .unwrap();
-        conn.execute_batch(
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        Migrations::new(
+            migration_steps()[..version]
+                .iter()
+                .map(|s| M::up(s))
+                .collect(),
+        )
+        .to_latest(&mut conn)
+        .unwrap();
+        conn
+    }
+
+    /// Email `msg_1` of `mode`, with the columns every schema version since 2 has.
+    fn add_email(conn: &Connection, mode: &str) {
+        conn.execute(
             "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
                 subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
                 message_id, created_at)
-             VALUES ('msg_1', 'test', 'transactional', 'queued', 'a@x.test', 'a@x.test',
-                'a@x.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 1);
-             INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
+             VALUES ('msg_1', ?1, 'transactional', 'queued', 'a@x.test', 'a@x.test',
+                'a@x.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 1)",
+            [mode],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn migration_3_moves_the_address_index_out_of_the_recipients() {
+        let mut conn = at_version(2);
+        add_email(&conn, "test");
+        conn.execute_batch(
+            "INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
                 status, updated_at)
              VALUES (7, 'msg_1', 'test', 'B@y.test', 'b@y.test', 'y.test', 'to', 'queued', 1),
                     (9, 'msg_1', 'test', 'c@y.test', 'c@y.test', 'y.test', 'cc', 'queued', 1);",
@@ -392,19 +411,10 @@ mod tests {
 
     #[test]
     fn migration_4_rebuilds_the_recipients_and_keeps_every_row() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        let steps = migration_steps();
-        Migrations::new(steps[..3].iter().map(|s| M::up(s)).collect())
-            .to_latest(&mut conn)
-            .unwrap();
+        let mut conn = at_version(3);
+        add_email(&conn, "live");
         conn.execute_batch(
-            "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
-                subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
-                message_id, created_at)
-             VALUES ('msg_1', 'live', 'marketing', 'queued', 'a@x.test', 'a@x.test',
-                'a@x.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 1);
-             INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
+            "INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
                 status, attempts, last_response, next_attempt_at, lease_until, updated_at,
                 contact_id)
              VALUES (7, 'msg_1', 'live', 'B@y.test', 'b@y.test', 'y.test', 'to', 'deferred', 2,

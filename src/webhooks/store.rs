@@ -8,6 +8,7 @@
 //! endpoint, and the probe was a twentieth of the writer's time.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +41,8 @@ struct Subscribed {
     path: String,
     /// `store::rollback_epoch()` when it was read.
     epoch: u64,
-    /// (mode, event type or `*`).
-    types: std::collections::HashSet<(Mode, String)>,
+    /// Per mode, the event types listened to (`*` for every type).
+    types: HashMap<Mode, HashSet<String>>,
 }
 
 thread_local! {
@@ -68,17 +69,17 @@ pub fn is_subscribed(
         let mut cached = cell.borrow_mut();
         let fresh = matches!(&*cached, Some(s) if s.epoch == epoch && s.path == path);
         if !fresh {
+            let mut types: HashMap<Mode, HashSet<String>> = HashMap::new();
             let mut stmt =
                 conn.prepare_cached("SELECT DISTINCT mode, event_type FROM webhook_subscriptions")?;
-            let types = stmt
-                .query_map([], |r| {
-                    let mode: String = r.get(0)?;
-                    Ok((
-                        Mode::parse(&mode).unwrap_or(Mode::Test),
-                        r.get::<_, String>(1)?,
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let mode: String = row.get(0)?;
+                types
+                    .entry(Mode::parse(&mode).unwrap_or(Mode::Test))
+                    .or_default()
+                    .insert(row.get(1)?);
+            }
             *cached = Some(Subscribed {
                 path: path.to_string(),
                 epoch,
@@ -86,8 +87,10 @@ pub fn is_subscribed(
             });
         }
         let types = &cached.as_ref().expect("loaded above").types;
-        Ok(types.contains(&(mode, webhook_type.to_string()))
-            || types.contains(&(mode, "*".to_string())))
+        // Looked up by `&str`: this runs for every event the writer records.
+        Ok(types
+            .get(&mode)
+            .is_some_and(|t| t.contains(webhook_type) || t.contains("*")))
     })
 }
 

@@ -124,26 +124,14 @@ async fn audience_routes_and_errors() {
 
     upsert(&app, &id, &json!({"email": "ana@example.org"})).await;
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/audiences/{id}"),
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/audiences/{id}"), &app.test_key)
+        .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"id": id, "deleted": true}));
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/audiences/{id}"),
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/audiences/{id}"), &app.test_key)
+        .await;
     assert_error(res, 404, "not_found").await;
     assert_error(
         app.get(&format!("/v1/audiences/{id}/contacts"), &app.test_key)
@@ -299,26 +287,20 @@ async fn contacts_upsert_list_filter_and_delete() {
 
     // Delete by email, ignoring case.
     let res = app
-        .request(
-            reqwest::Method::DELETE,
+        .delete(
             &format!("/v1/audiences/{aud}/contacts/BO@example.org"),
-            Some(&app.test_key),
+            &app.test_key,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"email": "BO@example.org", "deleted": true}));
     let res = app
-        .request(
-            reqwest::Method::DELETE,
+        .delete(
             &format!("/v1/audiences/{aud}/contacts/bo@example.org"),
-            Some(&app.test_key),
+            &app.test_key,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_error(res, 404, "not_found").await;
 }
 

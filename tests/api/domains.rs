@@ -209,14 +209,8 @@ async fn domains_are_created_listed_read_and_deleted_per_mode() {
     .await;
 
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/domains/{id}"),
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/domains/{id}"), &app.test_key)
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.json::<Value>().await.unwrap(),
@@ -229,14 +223,8 @@ async fn domains_are_created_listed_read_and_deleted_per_mode() {
     )
     .await;
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/domains/{id}"),
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/domains/{id}"), &app.test_key)
+        .await;
     assert_error(res, 404, "not_found").await;
     assert_error(
         app.get("/v1/domains/nope/verify", &app.test_key).await,
@@ -667,14 +655,8 @@ async fn live_mail_needs_a_verified_domain_and_is_dkim_signed() {
 
     // Deleted: refused again at once.
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/domains/{id}"),
-            Some(&app.live_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/domains/{id}"), &app.live_key)
+        .await;
     assert_eq!(res.status(), 200);
     assert_error(
         app.post("/v1/emails/send", &app.live_key, &mail()).await,

@@ -145,6 +145,13 @@ impl TestApp {
             .expect("request sent")
     }
 
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, path, Some(key))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// Sends with the test key and returns the answer's JSON (asserting 200).
     pub async fn send(&self, body: &Value) -> Value {
         self.send_with(&self.test_key, body).await

@@ -138,26 +138,14 @@ async fn suppression_routes_and_errors() {
     }
 
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            "/v1/suppressions/ANA@example.org",
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/suppressions/ANA@example.org", &app.test_key)
+        .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"email": "ANA@example.org", "deleted": true}));
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            "/v1/suppressions/ana@example.org",
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/suppressions/ana@example.org", &app.test_key)
+        .await;
     assert_error(res, 404, "not_found").await;
 }
 

@@ -14,13 +14,6 @@ async fn put(app: &TestApp, path: &str, key: &str, body: &Value) -> reqwest::Res
         .unwrap()
 }
 
-async fn delete(app: &TestApp, path: &str, key: &str) -> reqwest::Response {
-    app.request(Method::DELETE, path, Some(key))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Creates a template with the test key, asserting 201; returns the template object.
 async fn create(app: &TestApp, body: Value) -> Value {
     create_with(app, &app.test_key, body).await
@@ -107,12 +100,8 @@ async fn create_get_list_update_delete() {
     .await;
     assert_eq!(found["id"], spaced["id"]);
     ok_json(
-        delete(
-            &app,
-            "/v1/templates/Re%C3%A7u%20de%20paiement",
-            &app.test_key,
-        )
-        .await,
+        app.delete("/v1/templates/Re%C3%A7u%20de%20paiement", &app.test_key)
+            .await,
     )
     .await;
 
@@ -209,7 +198,11 @@ async fn create_get_list_update_delete() {
     )
     .await;
 
-    let deleted = ok_json(delete(&app, &format!("/v1/templates/{id}"), &app.test_key).await).await;
+    let deleted = ok_json(
+        app.delete(&format!("/v1/templates/{id}"), &app.test_key)
+            .await,
+    )
+    .await;
     assert_eq!(deleted, json!({"id": id, "deleted": true}));
     assert_error(
         app.get(&format!("/v1/templates/{id}"), &app.test_key).await,
@@ -218,13 +211,14 @@ async fn create_get_list_update_delete() {
     )
     .await;
     assert_error(
-        delete(&app, &format!("/v1/templates/{id}"), &app.test_key).await,
+        app.delete(&format!("/v1/templates/{id}"), &app.test_key)
+            .await,
         404,
         "not_found",
     )
     .await;
     // Delete by name.
-    ok_json(delete(&app, "/v1/templates/receipt", &app.test_key).await).await;
+    ok_json(app.delete("/v1/templates/receipt", &app.test_key).await).await;
     let empty = ok_json(app.get("/v1/templates", &app.test_key).await).await;
     assert_eq!(empty["data"], json!([]));
 }
@@ -838,7 +832,7 @@ async fn accepted_emails_keep_their_content_after_edit_and_delete() {
     assert_eq!(second["subject"], "Changed Ana");
     assert_eq!(second["html"], "<p>new Ana</p>");
 
-    ok_json(delete(&app, "/v1/templates/welcome", &app.test_key).await).await;
+    ok_json(app.delete("/v1/templates/welcome", &app.test_key).await).await;
     let after_delete = content(&app, &app.test_key, first_id).await;
     assert_eq!(after_delete["html"], before["html"]);
     assert_eq!(after_delete["template_id"], before["template_id"]);
@@ -1031,7 +1025,7 @@ async fn layouts_wrap_templates() {
 
     // Deleting a layout in use is a conflict naming its users.
     let err = assert_error(
-        delete(&app, "/v1/templates/base", &app.test_key).await,
+        app.delete("/v1/templates/base", &app.test_key).await,
         409,
         "conflict",
     )
@@ -1053,7 +1047,7 @@ async fn layouts_wrap_templates() {
     .await;
     assert_eq!(detached["layout"], Value::Null);
     assert_eq!(detached["variables"], json!(["number", "total"]));
-    ok_json(delete(&app, "/v1/templates/base", &app.test_key).await).await;
+    ok_json(app.delete("/v1/templates/base", &app.test_key).await).await;
     let e2 = content(&app, &app.test_key, sent["id"].as_str().unwrap()).await;
     assert_eq!(e2["html"], e["html"]);
     let out = ok_json(preview(&app, "receipt", vars).await).await;
@@ -1092,7 +1086,8 @@ async fn test_and_live_templates_are_separate() {
     )
     .await;
     assert_error(
-        delete(&app, &format!("/v1/templates/{id}"), &app.live_key).await,
+        app.delete(&format!("/v1/templates/{id}"), &app.live_key)
+            .await,
         404,
         "not_found",
     )

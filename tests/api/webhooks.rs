@@ -161,14 +161,8 @@ async fn endpoints_are_created_listed_shown_and_deleted() {
 
     assert_eq!(attempts(&app, id).await, Vec::<Value>::new());
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/webhooks/{id}"),
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/webhooks/{id}"), &app.test_key)
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.json::<Value>().await.unwrap(),
@@ -357,14 +351,8 @@ async fn a_new_subscription_hears_the_next_event() {
     app.send(&to("ana@example.org")).await;
     rx.wait_calls("/delivered", 1, WAIT).await;
     let res = app
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/webhooks/{first}"),
-            Some(&app.test_key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/webhooks/{first}"), &app.test_key)
+        .await;
     assert_eq!(res.status(), 200);
     create(&app, &rx.url("/queued"), json!(["email.queued"])).await;
     let id = app.send(&to("bo@example.org")).await["id"]
