@@ -108,6 +108,9 @@ pub struct DeliveryTuning {
     /// the only destination of relay mode, so there the limit is `delivery.concurrency`.
     /// `Some` overrides both.
     pub max_sessions_per_destination: Option<usize>,
+    /// How long a claimed recipient stays leased without renewal (see
+    /// `delivery::queue::LEASE`; tests shorten it).
+    pub lease: Duration,
 }
 
 impl Default for DeliveryTuning {
@@ -119,6 +122,7 @@ impl Default for DeliveryTuning {
             idle_timeout: Duration::from_secs(30),
             max_messages_per_connection: 1000,
             max_sessions_per_destination: None,
+            lease: crate::delivery::queue::LEASE,
         }
     }
 }

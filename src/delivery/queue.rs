@@ -17,7 +17,10 @@ use crate::keys::Mode;
 use crate::store::{StoreError, time};
 use crate::suppressions::{self, Reason};
 
-/// How long a claimed recipient stays ours; after that (a crash) it is due again.
+/// How long a claimed recipient stays ours unless the worker renews it; after that (a
+/// crash) it is due again. The worker renews the leases of what it holds, waiting or under
+/// way, every third of this (an SMTP transaction may legitimately take longer: the DATA
+/// timeout alone is ten minutes).
 pub const LEASE: Duration = Duration::from_secs(300);
 
 /// A recipient claimed for one delivery attempt.
@@ -57,6 +60,23 @@ pub fn release_all_leases(conn: &Connection) -> Result<usize, StoreError> {
          WHERE status = 'sending'",
         [time::now()],
     )?)
+}
+
+/// Extends the leases of recipients the worker still holds (claimed, waiting or under way)
+/// to `lease` from now, so that nobody claims them again while the process lives.
+pub fn renew_leases(
+    conn: &Connection,
+    rcpt_ids: &[i64],
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let until = time::now() + lease.as_secs().max(1) as i64;
+    let mut stmt = conn.prepare_cached(
+        "UPDATE recipients SET lease_until = ?2 WHERE id = ?1 AND status = 'sending'",
+    )?;
+    for id in rcpt_ids {
+        stmt.execute(params![id, until])?;
+    }
+    Ok(())
 }
 
 /// Gives claimed recipients that were never attempted back to the queue (shutdown), due
@@ -102,9 +122,9 @@ const CLAIM_DUE: &str = "SELECT r.id, r.email_id, r.mode, r.address, r.domain, r
 /// their `queued` event), queued and deferred ones whose retry time has come, and sending
 /// ones whose lease expired. A recipient put on the suppression list while it waited is
 /// marked `suppressed` here and never attempted.
-pub fn claim_due(conn: &Connection, limit: usize) -> Result<Claim, StoreError> {
+pub fn claim_due(conn: &Connection, limit: usize, lease: Duration) -> Result<Claim, StoreError> {
     let now = time::now();
-    let lease_until = now + LEASE.as_secs() as i64;
+    let lease_until = now + lease.as_secs().max(1) as i64;
     let mut select = conn.prepare_cached(CLAIM_DUE)?;
     struct Row {
         claimed: Claimed,

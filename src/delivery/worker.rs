@@ -13,11 +13,14 @@
 //!   lets the SMTP transactions under way finish (within a grace period) and records them.
 //!   After a crash the leases expire (at start, at once): delivery is at least once, with
 //!   the same message bytes and `Message-ID`, built when the email was accepted.
+//! - Leases: while the process lives, the leases of every recipient it holds (waiting for
+//!   a slot or under way) are renewed every third of the lease, so a long wait behind a
+//!   slow destination never lets another claim take them again (a duplicate send).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -94,6 +97,34 @@ struct Shared {
     live: Result<LiveTransport, String>,
     schedule: Vec<Duration>,
     recorder: mpsc::UnboundedSender<Vec<Outcome>>,
+    held: Held,
+}
+
+/// The recipients this worker has claimed and not finished (waiting or under way): the
+/// ones whose leases it renews.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<HashSet<i64>>>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        // A panic while holding the lock leaves a set that is still valid.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, ids: impl IntoIterator<Item = i64>) {
+        self.lock().extend(ids);
+    }
+
+    fn forget(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.lock().iter().copied().collect()
+    }
 }
 
 pub struct Worker {
@@ -101,6 +132,7 @@ pub struct Worker {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     handle: DeliveryHandle,
+    held: Held,
 }
 
 impl Worker {
@@ -115,6 +147,7 @@ impl Worker {
             config,
             metrics,
             handle,
+            held: Held::default(),
         }
     }
 
@@ -140,6 +173,7 @@ impl Worker {
             live,
             schedule: self.config.delivery_retry_schedule(),
             recorder: recorder_tx,
+            held: self.held.clone(),
         });
         let concurrency = self.config.delivery.concurrency.max(1);
         let per_dest = self.config.delivery.sessions_per_destination();
@@ -155,6 +189,11 @@ impl Worker {
         let mut queue_empty = false;
         let mut recheck_at = tokio::time::Instant::now();
         let buffer = (concurrency * CLAIM_PER_SLOT).min(MAX_CLAIM);
+        let lease = self.config.delivery.tuning.lease;
+        let renew_every = (lease / 3).max(Duration::from_millis(100));
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -202,6 +241,7 @@ impl Worker {
                 _ = self.handle.notify.notified(), if queue_empty => queue_empty = false,
                 // Due times pass while deliveries run; look again now and then.
                 _ = tokio::time::sleep_until(recheck_at), if queue_empty => queue_empty = false,
+                _ = renew.tick() => self.renew_leases(lease),
                 _ = shutdown.changed() => {}
             }
         }
@@ -255,9 +295,29 @@ impl Worker {
         }
     }
 
+    /// Renews the leases of the recipients held now, without holding up the loop.
+    fn renew_leases(&self, lease: Duration) {
+        let ids = self.held.ids();
+        if ids.is_empty() {
+            return;
+        }
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let renewed = db.write(move |c| queue::renew_leases(c, &ids, lease)).await;
+            if let Err::<_, StoreError>(e) = renewed {
+                tracing::error!(error = %e, "renewing delivery leases failed; a recipient held past its lease may be sent twice");
+            }
+        });
+    }
+
     /// Claims up to `room` due recipients and loads their messages, grouped.
     async fn claim(&self, room: usize) -> ClaimOutcome {
-        let claim = match self.db.write(move |c| queue::claim_due(c, room)).await {
+        let lease = self.config.delivery.tuning.lease;
+        let claim = match self
+            .db
+            .write(move |c| queue::claim_due(c, room, lease))
+            .await
+        {
             Ok(c) => c,
             Err::<_, StoreError>(e) => {
                 tracing::error!(error = %e, "claiming due recipients failed");
@@ -271,10 +331,12 @@ impl Worker {
         if claim.claimed.is_empty() {
             return ClaimOutcome::Nothing;
         }
+        self.held.take(claim.claimed.iter().map(|c| c.rcpt_id));
         match self.load(self.group(claim.claimed)).await {
             Ok(groups) => ClaimOutcome::Groups(groups),
             Err(ids) => {
                 // Leave them to the next claim rather than to their lease.
+                self.held.forget(ids.iter().copied());
                 let _ = self.db.write(move |c| queue::release(c, &ids)).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 ClaimOutcome::Failed
@@ -371,6 +433,7 @@ impl Worker {
             }
         });
         for recipients in missing {
+            self.held.forget(recipients.iter().map(|c| c.rcpt_id));
             tracing::error!(email_id = %recipients[0].email_id, "claimed recipients of a message that is gone");
             let outcomes = live::all(
                 recipients,
@@ -462,6 +525,10 @@ fn dispatch(
             let shared = shared.clone();
             tasks.spawn(async move {
                 let outcomes = deliver_group(&shared, group).await;
+                // The lease left (at least two thirds of it) covers the recording.
+                shared
+                    .held
+                    .forget(outcomes.iter().map(|o| o.claimed.rcpt_id));
                 let _ = shared.recorder.send(outcomes);
                 drop(dest_slot);
                 drop(slot);

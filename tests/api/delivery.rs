@@ -541,6 +541,41 @@ async fn a_suppression_added_while_waiting_stops_the_send() {
     assert_eq!(rcpt_commands(&server), 1);
 }
 
+/// Recipients held longer than their lease (waiting behind a slow server that takes one
+/// session at a time, then in its DATA) are not claimed again: the worker renews the
+/// leases of what it holds, so each message goes out once.
+#[tokio::test]
+async fn held_recipients_keep_their_lease_and_go_out_once() {
+    let server = TestSmtpServer::start(SmtpServerOptions {
+        data_delay: Some(Duration::from_millis(3500)),
+        ..Default::default()
+    })
+    .await;
+    let app = relay_app(&server, |c| {
+        c.delivery.tuning.max_sessions_per_destination = Some(1);
+        // Leases are kept in whole seconds: 3 s is at least 2 s, less than either wait.
+        c.delivery.tuning.lease = Duration::from_secs(3);
+    })
+    .await;
+    let batch: Vec<Value> = (0..2)
+        .map(|i| live(json!(format!("r{i}@example.org"))))
+        .collect();
+    let res = app
+        .post("/v1/emails/batch", &app.live_key, &json!(batch))
+        .await;
+    assert_eq!(res.status(), 200);
+    server.wait_for(2, Duration::from_secs(20)).await;
+    // A second claim would have sent one of them again by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received: Vec<String> = server
+        .messages()
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    received.sort();
+    assert_eq!(received, ["r0@example.org", "r1@example.org"]);
+}
+
 #[tokio::test]
 async fn graceful_stop_finishes_the_session_under_way_and_leaves_the_rest_queued() {
     let server = TestSmtpServer::start(SmtpServerOptions {
