@@ -61,7 +61,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(ObjectBody(de)).map_err(|e| {
         // serde stops at the first wrong type, before it reaches a syntax error further on
         // (`[1, 2` is a type error at `[0]` for a struct): broken JSON is a 400, whatever
         // its shape. Only the error path pays for this second look.
@@ -80,7 +80,73 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// into `serde_json::Value`s first, they were built twice (a quarter of preparing a batch).
 pub fn parse_item<T: DeserializeOwned>(item: &RawValue) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_str(item.get());
-    serde_path_to_error::deserialize(de).map_err(describe)
+    serde_path_to_error::deserialize(ObjectBody(de)).map_err(describe)
+}
+
+/// A JSON deserializer for a whole body whose struct must come as an object. serde's
+/// derived structs also take an array of their fields in declaration order, so a body
+/// like `["a@b.c", ...]` would be read field by field into a send request; here a struct
+/// reads a map only, and an array is a wrong type. Everything else goes to the wrapped
+/// deserializer unchanged (`Vec`s and `Value`s still take arrays).
+struct ObjectBody<D>(D);
+
+/// Passes `deserialize_*` methods through to the wrapped deserializer.
+macro_rules! pass_through {
+    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {$(
+        fn $method<V: serde::de::Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Self::Error> {
+            self.0.$method($($arg,)* visitor)
+        }
+    )*};
+}
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for ObjectBody<D> {
+    type Error = D::Error;
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    pass_through!(
+        deserialize_any(),
+        deserialize_bool(),
+        deserialize_i8(),
+        deserialize_i16(),
+        deserialize_i32(),
+        deserialize_i64(),
+        deserialize_i128(),
+        deserialize_u8(),
+        deserialize_u16(),
+        deserialize_u32(),
+        deserialize_u64(),
+        deserialize_u128(),
+        deserialize_f32(),
+        deserialize_f64(),
+        deserialize_char(),
+        deserialize_str(),
+        deserialize_string(),
+        deserialize_bytes(),
+        deserialize_byte_buf(),
+        deserialize_option(),
+        deserialize_unit(),
+        deserialize_unit_struct(name: &'static str),
+        deserialize_newtype_struct(name: &'static str),
+        deserialize_seq(),
+        deserialize_tuple(len: usize),
+        deserialize_tuple_struct(name: &'static str, len: usize),
+        deserialize_map(),
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]),
+        deserialize_identifier(),
+        deserialize_ignored_any(),
+    );
+
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
+    }
 }
 
 fn describe(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -111,6 +177,21 @@ fn describe(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
                 let field_path = join_path(&path, field);
                 return ApiError::validation(format!("The field '{field_path}' is required."))
                     .with_field(field_path);
+            }
+            if text.starts_with("invalid type: sequence, expected struct") {
+                let what = if path == "." || path.is_empty() {
+                    "The request body".to_string()
+                } else {
+                    format!("The field '{path}'")
+                };
+                let e = ApiError::validation(format!(
+                    "{what} must be a JSON object with named fields, not an array."
+                ));
+                return if path == "." || path.is_empty() {
+                    e
+                } else {
+                    e.with_field(path)
+                };
             }
             let shown = if path == "." || path.is_empty() {
                 "The request body".to_string()

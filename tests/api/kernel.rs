@@ -325,6 +325,31 @@ async fn bodies_are_checked_before_anything_is_stored() {
         "validation_error",
     )
     .await;
+    // An array holding a send request's fields in their declared order is still not an
+    // object: serde would read it field by field, the API refuses it (also as a batch item).
+    let mut by_position = vec![json!(null); 18];
+    by_position[0] = json!("a@acme.test");
+    by_position[1] = json!("b@example.org");
+    by_position[5] = json!("s");
+    by_position[7] = json!("t");
+    let err = assert_error(
+        app.post("/v1/emails/send", &key, &json!(by_position)).await,
+        422,
+        "validation_error",
+    )
+    .await;
+    assert!(
+        err["message"].as_str().unwrap().contains("JSON object"),
+        "{err}"
+    );
+    let err = assert_error(
+        app.post("/v1/emails/batch", &key, &json!([by_position]))
+            .await,
+        422,
+        "validation_error",
+    )
+    .await;
+    assert!(err.to_string().contains("JSON object"), "{err}");
     let page: serde_json::Value = app.get("/v1/emails", &key).await.json().await.unwrap();
     assert_eq!(
         page["data"].as_array().unwrap().len(),
