@@ -23,6 +23,11 @@ use crate::suppressions::{self, Reason};
 /// timeout alone is ten minutes).
 pub const LEASE: Duration = Duration::from_secs(300);
 
+/// When a lease of `lease` taken at `now` ends (whole seconds, at least one).
+fn lease_end(now: i64, lease: Duration) -> i64 {
+    now + lease.as_secs().max(1) as i64
+}
+
 /// A recipient claimed for one delivery attempt.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -69,7 +74,7 @@ pub fn renew_leases(
     rcpt_ids: &[i64],
     lease: Duration,
 ) -> Result<(), StoreError> {
-    let until = time::now() + lease.as_secs().max(1) as i64;
+    let until = lease_end(time::now(), lease);
     let mut stmt = conn.prepare_cached(
         "UPDATE recipients SET lease_until = ?2 WHERE id = ?1 AND status = 'sending'",
     )?;
@@ -124,7 +129,7 @@ const CLAIM_DUE: &str = "SELECT r.id, r.email_id, r.mode, r.address, r.domain, r
 /// marked `suppressed` here and never attempted.
 pub fn claim_due(conn: &Connection, limit: usize, lease: Duration) -> Result<Claim, StoreError> {
     let now = time::now();
-    let lease_until = now + lease.as_secs().max(1) as i64;
+    let lease_until = lease_end(now, lease);
     let mut select = conn.prepare_cached(CLAIM_DUE)?;
     struct Row {
         claimed: Claimed,
@@ -537,14 +542,14 @@ pub fn record_outcomes(
 /// those due by ?1. Read through the due index (its condition written exactly as in the
 /// schema, and `scheduled` left out after it), not by scanning every recipient ever sent:
 /// `/metrics` runs it on every scrape.
-pub(crate) const QUEUE_WAITING: &str =
+const QUEUE_WAITING: &str =
     "SELECT count(*), min(CASE WHEN next_attempt_at <= ?1 THEN next_attempt_at END)
      FROM recipients
      WHERE (status = 'queued' OR status = 'deferred' OR status = 'scheduled')
        AND status != 'scheduled'";
 
 /// Recipients under an attempt now, counted in the lease index.
-pub(crate) const QUEUE_SENDING: &str = "SELECT count(*) FROM recipients WHERE status = 'sending'";
+const QUEUE_SENDING: &str = "SELECT count(*) FROM recipients WHERE status = 'sending'";
 
 /// Queue depth (queued, deferred and sending recipients) and the age in seconds of the
 /// oldest due recipient, for the metrics and the dashboard.

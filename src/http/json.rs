@@ -178,31 +178,22 @@ fn describe(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
                 return ApiError::validation(format!("The field '{field_path}' is required."))
                     .with_field(field_path);
             }
-            if text.starts_with("invalid type: sequence, expected struct") {
-                let what = if path == "." || path.is_empty() {
-                    "The request body".to_string()
-                } else {
-                    format!("The field '{path}'")
-                };
-                let e = ApiError::validation(format!(
-                    "{what} must be a JSON object with named fields, not an array."
-                ));
-                return if path == "." || path.is_empty() {
-                    e
-                } else {
-                    e.with_field(path)
-                };
-            }
-            let shown = if path == "." || path.is_empty() {
+            let root = path == "." || path.is_empty();
+            let shown = if root {
                 "The request body".to_string()
             } else {
                 format!("The field '{path}'")
             };
-            let mut e = ApiError::validation(format!(
-                "{shown} has the wrong type or value: {}.",
-                text.replace('`', "'")
-            ));
-            if path != "." && !path.is_empty() {
+            let message = if text.starts_with("invalid type: sequence, expected struct") {
+                format!("{shown} must be a JSON object with named fields, not an array.")
+            } else {
+                format!(
+                    "{shown} has the wrong type or value: {}.",
+                    text.replace('`', "'")
+                )
+            };
+            let mut e = ApiError::validation(message);
+            if !root {
                 e = e.with_field(path);
             }
             e

@@ -58,6 +58,17 @@ async fn send_live(app: &TestApp, body: &Value) -> String {
     sent["id"].as_str().unwrap().to_string()
 }
 
+/// Sends one batch with the live key: `count` emails, to r0@example.org, r1@... in order.
+async fn send_live_batch(app: &TestApp, count: usize) {
+    let batch: Vec<Value> = (0..count)
+        .map(|i| live(json!(format!("r{i}@example.org"))))
+        .collect();
+    let res = app
+        .post("/v1/emails/batch", &app.live_key, &json!(batch))
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
 /// Waits until every recipient of the email is final.
 async fn wait_final(app: &TestApp, id: &str) -> Value {
     app.wait_email(&app.live_key, id, WAIT, |e| {
@@ -397,13 +408,7 @@ async fn one_pooled_session_carries_many_emails() {
         c.delivery.tuning.idle_timeout = Duration::from_secs(2);
     })
     .await;
-    let batch: Vec<Value> = (0..20)
-        .map(|i| live(json!(format!("r{i}@example.org"))))
-        .collect();
-    let res = app
-        .post("/v1/emails/batch", &app.live_key, &json!(batch))
-        .await;
-    assert_eq!(res.status(), 200);
+    send_live_batch(&app, 20).await;
     server.wait_for(20, WAIT).await;
     assert_eq!(server.sessions_opened(), 1);
     assert_eq!(server.messages_per_session().get(&1), Some(&20));
@@ -509,13 +514,7 @@ async fn sessions_per_destination_are_capped() {
         c.delivery.tuning.max_sessions_per_destination = Some(2);
     })
     .await;
-    let batch: Vec<Value> = (0..8)
-        .map(|i| live(json!(format!("r{i}@example.org"))))
-        .collect();
-    let res = app
-        .post("/v1/emails/batch", &app.live_key, &json!(batch))
-        .await;
-    assert_eq!(res.status(), 200);
+    send_live_batch(&app, 8).await;
     server.wait_for(8, WAIT).await;
     assert_eq!(server.sessions_opened(), 2);
 }
@@ -557,13 +556,7 @@ async fn held_recipients_keep_their_lease_and_go_out_once() {
         c.delivery.tuning.lease = Duration::from_secs(3);
     })
     .await;
-    let batch: Vec<Value> = (0..2)
-        .map(|i| live(json!(format!("r{i}@example.org"))))
-        .collect();
-    let res = app
-        .post("/v1/emails/batch", &app.live_key, &json!(batch))
-        .await;
-    assert_eq!(res.status(), 200);
+    send_live_batch(&app, 2).await;
     server.wait_for(2, Duration::from_secs(20)).await;
     // A second claim would have sent one of them again by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -587,13 +580,7 @@ async fn graceful_stop_finishes_the_session_under_way_and_leaves_the_rest_queued
         c.delivery.tuning.max_sessions_per_destination = Some(1);
     })
     .await;
-    let batch: Vec<Value> = (0..4)
-        .map(|i| live(json!(format!("r{i}@example.org"))))
-        .collect();
-    let res = app
-        .post("/v1/emails/batch", &app.live_key, &json!(batch))
-        .await;
-    assert_eq!(res.status(), 200);
+    send_live_batch(&app, 4).await;
     // Wait until the first message's DATA is under way.
     let deadline = tokio::time::Instant::now() + WAIT;
     while !server.commands().iter().any(|c| c == "DATA") {
