@@ -409,6 +409,36 @@ mod tests {
         assert_eq!(old_index, 0);
     }
 
+    /// Every row of `table` in id order, each rendered column by column, to compare a table
+    /// before and after a rebuild.
+    fn every_row(conn: &Connection, table: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY id"))
+            .unwrap();
+        let columns = stmt.column_count();
+        stmt.query_map([], |r| {
+            Ok((0..columns)
+                .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// The names of the indexes on `table`, sorted.
+    fn index_names(conn: &Connection, table: &str) -> Vec<String> {
+        conn.prepare(
+            "SELECT name FROM sqlite_master WHERE tbl_name = ?1 AND type = 'index' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([table], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
     #[test]
     fn migration_4_rebuilds_the_recipients_and_keeps_every_row() {
         let mut conn = at_version(3);
@@ -424,22 +454,9 @@ mod tests {
              INSERT INTO recipient_copies (recipient_id, raw) VALUES (7, x'4142');",
         )
         .unwrap();
-        let rows = |c: &Connection| -> Vec<String> {
-            c.prepare("SELECT * FROM recipients ORDER BY id")
-                .unwrap()
-                .query_map([], |r| {
-                    Ok((0..14)
-                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                        .collect::<Vec<_>>()
-                        .join("|"))
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
-        };
-        let before = rows(&conn);
+        let before = every_row(&conn, "recipients");
         migrate(&mut conn).unwrap();
-        assert_eq!(rows(&conn), before);
+        assert_eq!(every_row(&conn, "recipients"), before);
         let enforced: bool = conn
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
             .unwrap();
@@ -451,15 +468,8 @@ mod tests {
             copies, 1,
             "the copies pointing at the rebuilt table are kept"
         );
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'recipients' AND type = 'index' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         assert_eq!(
-            indexes,
+            index_names(&conn, "recipients"),
             [
                 "recipients_by_email",
                 "recipients_by_email_status",
@@ -481,6 +491,113 @@ mod tests {
             [],
         );
         assert!(orphan.is_err(), "the foreign key to emails still holds");
+    }
+
+    /// After migration 5 no index is in descending order, and a newest-first page of any
+    /// listing still reads its index backwards: no sort, no temporary B-tree.
+    #[test]
+    fn migration_5_keeps_lists_newest_first_without_sorting() {
+        let mut conn = at_version(4);
+        add_email(&conn, "live");
+        migrate(&mut conn).unwrap();
+        let descending: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%DESC%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(descending.is_empty(), "{descending:?}");
+        let listed: String = conn
+            .query_row(
+                "SELECT id FROM emails WHERE mode = 'live' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(listed, "msg_1");
+        for (sql, index) in [
+            (
+                "SELECT id FROM emails WHERE mode = ?1 AND id < ?2 ORDER BY id DESC LIMIT 3",
+                "emails_by_mode",
+            ),
+            (
+                "SELECT id FROM emails WHERE mode = ?1 AND status = ?2 ORDER BY id DESC LIMIT 3",
+                "emails_by_status",
+            ),
+            (
+                "SELECT id FROM emails WHERE mode = ?1 AND from_address = ?2 ORDER BY id DESC LIMIT 3",
+                "emails_by_from",
+            ),
+            (
+                "SELECT id FROM templates WHERE mode = ?1 AND id < ?2 ORDER BY id DESC LIMIT 3",
+                "templates_by_mode",
+            ),
+            (
+                "SELECT id FROM mail_pieces WHERE mode = ?1 AND status = ?2 ORDER BY id DESC LIMIT 3",
+                "mail_by_status",
+            ),
+            (
+                "SELECT id FROM webhooks WHERE mode = ?1 ORDER BY id DESC LIMIT 3",
+                "webhooks_by_mode",
+            ),
+            (
+                "SELECT id FROM webhook_attempts WHERE webhook_id = ?1 ORDER BY id DESC LIMIT 3",
+                "webhook_attempts_by_webhook",
+            ),
+            (
+                "SELECT id FROM audiences WHERE mode = ?1 ORDER BY id DESC LIMIT 3",
+                "audiences_by_mode",
+            ),
+        ] {
+            let plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(
+                    rusqlite::params_from_iter(["live", "x"].iter().take(sql.matches('?').count())),
+                    |r| r.get::<_, String>(3),
+                )
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .join("\n");
+            assert!(plan.contains(index), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+    }
+
+    /// Migration 6 rebuilds the events as one B-tree keyed by id and keeps every row and
+    /// index; the id stays unique.
+    #[test]
+    fn migration_6_keys_events_by_id_and_keeps_them() {
+        let mut conn = at_version(5);
+        conn.execute_batch(
+            "INSERT INTO events (id, mode, type, email_id, mail_id, recipient, detail, data_json,
+                occurred_at)
+             VALUES ('evt_2', 'live', 'delivered', 'msg_1', NULL, 'b@y.test', '250 ok', NULL, 5),
+                    ('evt_1', 'test', 'mail.created', NULL, 'mail_1', NULL, NULL, '{\"a\":1}', 4);",
+        )
+        .unwrap();
+        let before = every_row(&conn, "events");
+        migrate(&mut conn).unwrap();
+        assert_eq!(every_row(&conn, "events"), before);
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        assert_eq!(
+            index_names(&conn, "events"),
+            ["events_by_email", "events_by_mail", "events_by_time"]
+        );
+        let again = conn.execute(
+            "INSERT INTO events (id, mode, type, occurred_at) VALUES ('evt_1', 'live', 'x', 6)",
+            [],
+        );
+        assert!(again.is_err(), "an event id stays unique");
     }
 
     #[test]
