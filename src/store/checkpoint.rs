@@ -167,8 +167,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(written >= goal, "wrote only {written} bytes");
+        // Without the restarts the WAL reaches the hard limit before the writer cuts it
+        // back. How far below it stays depends on how long a pass of the thread takes: on
+        // a slow machine running the other tests at once, 50 MB has been seen.
         assert!(
-            longest < super::WAL_LIMIT_BYTES * 3 / 4,
+            longest < super::WAL_LIMIT_BYTES,
             "the WAL grew to {longest} bytes for {written} written"
         );
     }

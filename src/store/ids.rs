@@ -19,6 +19,16 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{ulid}")
 }
 
+/// The smallest id with `prefix` that can have been made at or after `unix_seconds`, for
+/// reading a time window as a range of ids. A record's id is made just before its time
+/// is read, so the bound starts a second earlier: an id made at the end of one second for
+/// a record stamped with the next is still in the range. (When the clock steps back, the
+/// generator keeps the later time, which only makes ids larger.)
+pub fn lower_bound(prefix: &str, unix_seconds: i64) -> String {
+    let ms = (unix_seconds.saturating_sub(1).max(0) as u64).saturating_mul(1000);
+    format!("{prefix}_{}", Ulid::from_parts(ms, 0))
+}
+
 /// True when `id` is `<prefix>_` followed by a well-formed ULID.
 pub fn is_id(id: &str, prefix: &str) -> bool {
     id.strip_prefix(prefix)
@@ -39,5 +49,24 @@ mod tests {
         assert!(is_id(&ids[0], "msg"));
         assert!(!is_id(&ids[0], "evt"));
         assert!(!is_id("msg_nope", "msg"));
+    }
+
+    #[test]
+    fn lower_bound_is_below_every_id_made_since() {
+        let now = crate::store::time::now();
+        let bound = lower_bound("evt", now);
+        let id = new_id("evt");
+        assert!(bound < id, "{bound} < {id}");
+        assert!(is_id(&bound, "evt"));
+        // An id of two seconds before is outside the window.
+        let old = format!(
+            "evt_{}",
+            Ulid::from_parts(((now - 2) * 1000) as u64, u128::MAX >> 48)
+        );
+        assert!(old < bound, "{old} < {bound}");
+        assert_eq!(
+            lower_bound("evt", -5),
+            format!("evt_{}", Ulid::from_parts(0, 0))
+        );
     }
 }

@@ -589,15 +589,35 @@ mod tests {
             )
             .unwrap();
         assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        // (events_by_time is dropped by migration 7.)
         assert_eq!(
             index_names(&conn, "events"),
-            ["events_by_email", "events_by_mail", "events_by_time"]
+            ["events_by_email", "events_by_mail"]
         );
         let again = conn.execute(
             "INSERT INTO events (id, mode, type, occurred_at) VALUES ('evt_1', 'live', 'x', 6)",
             [],
         );
         assert!(again.is_err(), "an event id stays unique");
+    }
+
+    /// Migration 7 drops the index of events by time and nothing else.
+    #[test]
+    fn migration_7_drops_the_time_index_of_events() {
+        let mut conn = at_version(6);
+        assert!(index_names(&conn, "events").contains(&"events_by_time".to_string()));
+        conn.execute(
+            "INSERT INTO events (id, mode, type, occurred_at) VALUES ('evt_1', 'live', 'x', 6)",
+            [],
+        )
+        .unwrap();
+        let before = every_row(&conn, "events");
+        migrate(&mut conn).unwrap();
+        assert_eq!(every_row(&conn, "events"), before);
+        assert_eq!(
+            index_names(&conn, "events"),
+            ["events_by_email", "events_by_mail"]
+        );
     }
 
     #[test]
