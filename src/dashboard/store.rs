@@ -98,8 +98,8 @@ mod tests {
     use super::*;
     use ulid::Ulid;
 
-    /// An event of `mode` stamped `at`, with an id made at `id_at` (both Unix seconds), as
-    /// `events::record` makes them (the id a moment before the time is read).
+    /// An event of `mode` stamped `at` (Unix seconds), with an id made at `id_at_ms` (Unix
+    /// milliseconds), as `events::record` makes them (the id a moment before the time).
     fn event(conn: &Connection, mode: &str, kind: &str, at: i64, id_at_ms: i64) {
         let id = format!("evt_{}", Ulid::from_parts(id_at_ms as u64, rand_part()));
         conn.execute(
