@@ -170,14 +170,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         crate::store::migrate(&mut conn).unwrap();
         for sql in [COUNTS_SQL, DAILY_SQL] {
-            let plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(params!["live", 0, "evt_0"], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap()
-                .join("\n");
+            let plan = crate::store::query_plan(&conn, sql, params!["live", 0, "evt_0"]);
             assert!(
                 plan.contains("SEARCH events USING PRIMARY KEY (id>?)"),
                 "{plan}"

@@ -596,24 +596,13 @@ mod tests {
                 "{write}: {ops:?}"
             );
         }
-        let plan = |sql: &str, params: &[i64]| -> String {
-            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(params), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
         for (sql, params, index) in [
             (super::CLAIM_DUE, &[0, 10][..], "recipients_due"),
             (super::NEXT_DUE, &[], "recipients_due"),
             (super::QUEUE_WAITING, &[0], "recipients_due"),
             (super::QUEUE_SENDING, &[], "recipients_leased"),
         ] {
-            let plan = plan(sql, params);
+            let plan = crate::store::query_plan(&conn, sql, rusqlite::params_from_iter(params));
             assert!(plan.contains(index), "{sql}: {plan}");
         }
         assert!(super::next_due_in_ms(&conn).unwrap().is_none());

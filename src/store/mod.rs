@@ -264,6 +264,19 @@ fn migration_steps() -> Vec<&'static str> {
     steps
 }
 
+/// The plan SQLite chooses for `sql` with `params`, one step per line: for the tests that
+/// check a query reads the index it was written for.
+#[cfg(test)]
+pub fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Brings the schema to the latest version (idempotent).
 ///
 /// Foreign keys are off while the steps run: a step that rebuilds a table drops the old one,
@@ -550,17 +563,8 @@ mod tests {
                 "audiences_by_mode",
             ),
         ] {
-            let plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(
-                    rusqlite::params_from_iter(["live", "x"].iter().take(sql.matches('?').count())),
-                    |r| r.get::<_, String>(3),
-                )
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap()
-                .join("\n");
+            let params = ["live", "x"].into_iter().take(sql.matches('?').count());
+            let plan = query_plan(&conn, sql, rusqlite::params_from_iter(params));
             assert!(plan.contains(index), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
         }
