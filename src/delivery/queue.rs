@@ -472,34 +472,62 @@ pub fn record_consequences(
     result: &AttemptResult,
     settled: Settled<'_>,
 ) -> Result<(), StoreError> {
+    let events: Vec<(Mode, NewEvent<'_>)> = consequent_events(email_id, address, result, &settled)
+        .into_iter()
+        .map(|e| (mode, e))
+        .collect();
+    events::record_all(conn, &events)?;
+    add_consequent_suppression(conn, mode, email_id, address, result, &settled)
+}
+
+/// The events an outcome records, in order: its own, and a complaint's after it.
+pub fn consequent_events<'a>(
+    email_id: &'a str,
+    address: &'a str,
+    result: &AttemptResult,
+    settled: &Settled<'a>,
+) -> Vec<NewEvent<'a>> {
     let mut event = NewEvent::email(settled.event, email_id)
         .recipient(address)
         .detail(settled.detail);
-    if let Some(data) = settled.data {
-        event = event.data(data);
+    if let Some(data) = &settled.data {
+        event = event.data(data.clone());
     }
-    events::record(conn, mode, &event)?;
+    let mut events = vec![event];
+    if let AttemptResult::Complained(_) = result {
+        events.push(NewEvent::email(events::email::COMPLAINED, email_id).recipient(address));
+    }
+    events
+}
+
+/// Whether recording `result` adds the address to the suppression list (a hard bounce
+/// about the mailbox, a complaint): what is stored after it must see that.
+pub fn adds_suppression(result: &AttemptResult) -> bool {
     match result {
-        AttemptResult::Bounced(bounce) if bounce.suppresses() => {
-            suppressions::add(
-                conn,
-                mode,
-                address,
-                Reason::Bounce,
-                Some(email_id),
-                Some(settled.detail),
-            )?;
-        }
-        AttemptResult::Complained(_) => {
-            events::record(
-                conn,
-                mode,
-                &NewEvent::email(events::email::COMPLAINED, email_id).recipient(address),
-            )?;
-            suppressions::add(conn, mode, address, Reason::Complaint, Some(email_id), None)?;
-        }
-        _ => {}
+        AttemptResult::Bounced(bounce) => bounce.suppresses(),
+        AttemptResult::Complained(_) => true,
+        _ => false,
     }
+}
+
+/// Adds the suppression of a hard bounce or a complaint (see [`adds_suppression`]),
+/// after the outcome's events.
+pub fn add_consequent_suppression(
+    conn: &Connection,
+    mode: Mode,
+    email_id: &str,
+    address: &str,
+    result: &AttemptResult,
+    settled: &Settled<'_>,
+) -> Result<(), StoreError> {
+    if !adds_suppression(result) {
+        return Ok(());
+    }
+    let (reason, note) = match result {
+        AttemptResult::Complained(_) => (Reason::Complaint, None),
+        _ => (Reason::Bounce, Some(settled.detail)),
+    };
+    suppressions::add(conn, mode, address, reason, Some(email_id), note)?;
     Ok(())
 }
 

@@ -332,10 +332,7 @@ async fn send_batch(
     };
     let big = prepared.len() >= BIG_BATCH;
     let store_all = move |conn: &Connection| -> Result<Stored, ApiError> {
-        let mut data = Vec::with_capacity(prepared.len());
-        for p in &prepared {
-            data.push(store::insert(conn, p)?);
-        }
+        let data = store::insert_all(conn, &prepared)?;
         let bytes = match &record {
             Some(record) => {
                 let bytes = answer(&data, &errors);

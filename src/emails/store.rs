@@ -3,7 +3,9 @@
 //! follows from its recipients' statuses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
+use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde::Serialize;
 use serde_json::Value;
@@ -13,6 +15,7 @@ use crate::delivery::capture;
 use crate::delivery::queue::{self, AttemptResult, Settled};
 use crate::events::{self, EventView, NewEvent};
 use crate::keys::Mode;
+use crate::store::rows::RowInsert;
 use crate::store::{StoreError, time};
 use crate::suppressions;
 use crate::webhooks;
@@ -58,6 +61,16 @@ pub struct EmailColumns {
     reply_to_json: String,
     tags_json: String,
     headers_json: String,
+    /// The recipients, each address once (the first of to, cc, bcc that names it).
+    recipients: Vec<RecipientColumns>,
+}
+
+/// A recipient's text columns, made from the draft when preparing.
+struct RecipientColumns {
+    kind: &'static str,
+    address: String,
+    lower: String,
+    domain: String,
 }
 
 impl EmailColumns {
@@ -71,6 +84,7 @@ impl EmailColumns {
             reply_to_json: to_json(&d.reply_to),
             tags_json: serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()),
             headers_json: serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
+            recipients: recipient_columns(d),
         }
     }
 }
@@ -80,11 +94,33 @@ impl EmailColumns {
 pub struct Accepted {
     pub id: String,
     pub status: &'static str,
-    pub queued_at: String,
+    /// Unix seconds, shown in RFC 3339 (formatted when the answer is written, which is
+    /// not on the writer thread).
+    #[serde(serialize_with = "time::serialize")]
+    #[schema(value_type = String)]
+    pub queued_at: i64,
     /// The outcome labels of the recipients captured at accept (test mode), for the
     /// delivery metrics.
     #[serde(skip)]
     pub captured: Vec<&'static str>,
+}
+
+fn recipient_columns(d: &EmailDraft) -> Vec<RecipientColumns> {
+    let mut seen = HashSet::new();
+    let mut recipients = Vec::new();
+    for (kind, mailbox) in d.recipients() {
+        let address = mailbox.address.to_string();
+        let lower = address.to_lowercase();
+        if seen.insert(lower.clone()) {
+            recipients.push(RecipientColumns {
+                kind,
+                domain: mailbox.address.domain().to_string(),
+                address,
+                lower,
+            });
+        }
+    }
+    recipients
 }
 
 fn to_json(list: &[crate::address::Mailbox]) -> String {
@@ -96,172 +132,334 @@ fn to_json(list: &[crate::address::Mailbox]) -> String {
 /// too (see `delivery::capture::at_accept`), except for the recipients whose lifecycle
 /// needs the queue.
 pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreError> {
-    let d = &e.draft;
-    let c = &e.columns;
-    let marketing = d.email_type == EmailType::Marketing;
-    let initial = if d.scheduled_at.is_some() {
-        "scheduled"
-    } else {
-        "queued"
-    };
-    let capture_now = e.mode == Mode::Test && d.scheduled_at.is_none();
-    let due = d.scheduled_at.unwrap_or(e.created_at);
-    let mut seen = HashSet::new();
-    let mut rows = Vec::new();
-    let mut suppressed = Vec::new();
-    for (kind, mailbox) in d.recipients() {
-        let address = mailbox.address.to_string();
-        let lower = address.to_lowercase();
-        if !seen.insert(lower.clone()) {
-            continue;
+    let mut accepted = insert_all(conn, std::slice::from_ref(e))?;
+    Ok(accepted.pop().expect("one email stored, one answer"))
+}
+
+/// Stores `emails` in their order, as [`insert`] stores each, with multi-row statements
+/// (see `store::rows`): the writer's work for a batch of a thousand.
+///
+/// The emails are planned one after the other (which recipients the suppression list
+/// blocks, what test mode captures) and written in runs. A run ends with an email whose
+/// capture adds to the suppression list (test mode's bounce and complaint addresses), so
+/// the emails after it are planned against the list as it then is, exactly as when each
+/// email was stored on its own.
+pub fn insert_all(
+    conn: &Connection,
+    emails: &[PreparedEmail],
+) -> Result<Vec<Accepted>, StoreError> {
+    let mut accepted = Vec::with_capacity(emails.len());
+    let mut run = Vec::new();
+    for e in emails {
+        let plan = Plan::of(conn, e)?;
+        let ends_run = plan.adds_suppressions();
+        run.push(plan);
+        if ends_run {
+            write_run(conn, &run, &mut accepted)?;
+            run.clear();
         }
-        let reason = suppressions::blocking_reason(conn, e.mode, &lower, marketing)?;
-        let status = if reason.is_some() {
-            "suppressed"
+    }
+    write_run(conn, &run, &mut accepted)?;
+    Ok(accepted)
+}
+
+/// An email and its recipients as they will be stored, worked out before any is written.
+struct Plan<'e> {
+    email: &'e PreparedEmail,
+    rows: Vec<Row<'e>>,
+    /// Recipients the suppression list blocks, with the list's reason.
+    suppressed: Vec<(&'e str, suppressions::Reason)>,
+    /// The status the answer gives (what was accepted).
+    accepted_status: &'static str,
+    /// The status the row holds (after test mode's capture).
+    stored_status: &'static str,
+}
+
+impl<'e> Plan<'e> {
+    fn of(conn: &Connection, e: &'e PreparedEmail) -> Result<Plan<'e>, StoreError> {
+        let d = &e.draft;
+        let marketing = d.email_type == EmailType::Marketing;
+        let initial = if d.scheduled_at.is_some() {
+            "scheduled"
         } else {
-            initial
+            "queued"
         };
-        if let Some(reason) = reason {
-            suppressed.push((address.clone(), reason));
+        let capture_now = e.mode == Mode::Test && d.scheduled_at.is_none();
+        let mut rows = Vec::new();
+        let mut suppressed = Vec::new();
+        for recipient in &e.columns.recipients {
+            let reason = suppressions::blocking_reason(conn, e.mode, &recipient.lower, marketing)?;
+            let status = if reason.is_some() {
+                "suppressed"
+            } else {
+                initial
+            };
+            if let Some(reason) = reason {
+                suppressed.push((recipient.address.as_str(), reason));
+            }
+            let captured = (capture_now && reason.is_none())
+                .then(|| capture::at_accept(&recipient.address))
+                .flatten();
+            rows.push(Row {
+                address: &recipient.address,
+                lower: &recipient.lower,
+                domain: &recipient.domain,
+                kind: recipient.kind,
+                status,
+                captured,
+            });
         }
-        let captured = (capture_now && reason.is_none())
-            .then(|| capture::at_accept(&address))
-            .flatten();
-        rows.push(Row {
-            domain: mailbox.address.domain(),
-            address,
-            lower,
-            kind,
-            status,
+        let accepted_status = derive_status(rows.iter().map(|r| (r.status, 1)));
+        let stored_status = derive_status(
+            rows.iter()
+                .map(|r| (r.settled(e.created_at).map_or(r.status, |s| s.status), 1)),
+        );
+        Ok(Plan {
+            email: e,
+            rows,
+            suppressed,
+            accepted_status,
+            stored_status,
+        })
+    }
+
+    /// Whether test mode's capture adds one of its recipients to the suppression list.
+    fn adds_suppressions(&self) -> bool {
+        self.rows
+            .iter()
+            .filter_map(|r| r.captured.as_ref())
+            .any(queue::adds_suppression)
+    }
+}
+
+/// The columns of `emails` that [`write_run`] writes.
+static EMAIL_ROWS: LazyLock<RowInsert> = LazyLock::new(|| {
+    RowInsert::new(
+        "emails",
+        &[
+            "id",
+            "mode",
+            "type",
+            "status",
+            "from_header",
+            "from_address",
+            "envelope_from",
+            "subject",
+            "to_json",
+            "cc_json",
+            "bcc_json",
+            "reply_to_json",
+            "tags_json",
+            "headers_json",
+            "message_id",
+            "track_opens",
+            "track_clicks",
+            "api_key_id",
+            "created_at",
+            "queued_at",
+            "scheduled_at",
+            "template_id",
+            "audience_id",
+        ],
+    )
+});
+
+static CONTENT_ROWS: LazyLock<RowInsert> =
+    LazyLock::new(|| RowInsert::new("email_contents", &["email_id", "html", "text", "raw"]));
+
+static RECIPIENT_ROWS: LazyLock<RowInsert> = LazyLock::new(|| {
+    RowInsert::new(
+        "recipients",
+        &[
+            "email_id",
+            "mode",
+            "address",
+            "address_lower",
+            "domain",
+            "kind",
+            "status",
+            "next_attempt_at",
+            "updated_at",
+            "attempts",
+            "last_response",
+        ],
+    )
+});
+
+/// Writes the planned emails: their rows, their recipients, their events, then the
+/// suppressions test mode's capture adds (only the last email of a run has any). Pushes
+/// each email's answer to `accepted`.
+fn write_run(
+    conn: &Connection,
+    run: &[Plan<'_>],
+    accepted: &mut Vec<Accepted>,
+) -> Result<(), StoreError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(run.len() * EMAIL_ROWS.columns());
+    for plan in run {
+        let (e, d, c) = (plan.email, &plan.email.draft, &plan.email.columns);
+        values.extend([
+            e.id.to_sql()?,
+            e.mode.as_str().to_sql()?,
+            d.email_type.as_str().to_sql()?,
+            plan.stored_status.to_sql()?,
+            c.from_header.to_sql()?,
+            c.from_lower.to_sql()?,
+            e.envelope_from.to_sql()?,
+            d.subject.to_sql()?,
+            c.to_json.to_sql()?,
+            c.cc_json.to_sql()?,
+            c.bcc_json.to_sql()?,
+            c.reply_to_json.to_sql()?,
+            c.tags_json.to_sql()?,
+            c.headers_json.to_sql()?,
+            e.message_id.to_sql()?,
+            ToSqlOutput::from(d.track_opens),
+            ToSqlOutput::from(d.track_clicks),
+            e.api_key_id.to_sql()?,
+            ToSqlOutput::from(e.created_at),
+            ToSqlOutput::from(e.created_at),
+            d.scheduled_at.to_sql()?,
+            d.template_id.to_sql()?,
+            e.audience_id.to_sql()?,
+        ]);
+    }
+    EMAIL_ROWS.insert(conn, &values)?;
+
+    values.clear();
+    for plan in run {
+        let (e, d) = (plan.email, &plan.email.draft);
+        values.extend([
+            e.id.to_sql()?,
+            d.html.to_sql()?,
+            d.text.to_sql()?,
+            if e.raw.is_empty() {
+                ToSqlOutput::from(rusqlite::types::Null)
+            } else {
+                e.raw.to_sql()?
+            },
+        ]);
+    }
+    CONTENT_ROWS.insert(conn, &values)?;
+
+    // Recipients in order; an email with per-recipient copies writes its rows one at a
+    // time, as each copy needs the rowid of its recipient.
+    values.clear();
+    for plan in run {
+        let e = plan.email;
+        let due = e.draft.scheduled_at.unwrap_or(e.created_at);
+        let with_copies = !e.copies.is_empty();
+        if with_copies {
+            RECIPIENT_ROWS.insert(conn, &values)?;
+            values.clear();
+        }
+        for r in &plan.rows {
+            let (status, next, attempts, response) = match r.settled(e.created_at) {
+                Some(s) => (s.status, s.next_attempt_at, 1, Some(s.detail)),
+                None => (r.status, (r.status != "suppressed").then_some(due), 0, None),
+            };
+            values.extend([
+                e.id.to_sql()?,
+                e.mode.as_str().to_sql()?,
+                r.address.to_sql()?,
+                r.lower.to_sql()?,
+                r.domain.to_sql()?,
+                r.kind.to_sql()?,
+                status.to_sql()?,
+                ToSqlOutput::Owned(next.map_or(
+                    rusqlite::types::Value::Null,
+                    rusqlite::types::Value::Integer,
+                )),
+                ToSqlOutput::from(e.created_at),
+                ToSqlOutput::from(attempts),
+                match response {
+                    Some(detail) => detail.to_sql()?,
+                    None => ToSqlOutput::from(rusqlite::types::Null),
+                },
+            ]);
+            if with_copies {
+                RECIPIENT_ROWS.insert(conn, &values)?;
+                values.clear();
+                if let Some((_, raw)) = e.copies.iter().find(|(l, _)| *l == r.lower) {
+                    insert_copy(conn, conn.last_insert_rowid(), raw)?;
+                }
+            }
+        }
+    }
+    RECIPIENT_ROWS.insert(conn, &values)?;
+    drop(values);
+
+    let details: Vec<Vec<String>> = run
+        .iter()
+        .map(|plan| {
+            plan.suppressed
+                .iter()
+                .map(|(_, reason)| {
+                    format!(
+                        "The address is on the suppression list ({}).",
+                        reason.as_str()
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let settled: Vec<Vec<Option<Settled<'_>>>> = run
+        .iter()
+        .map(|plan| {
+            plan.rows
+                .iter()
+                .map(|r| r.settled(plan.email.created_at))
+                .collect()
+        })
+        .collect();
+    // Each email's events in the order it happened: accepted, suppressed, captured.
+    let mut events = Vec::new();
+    for ((plan, details), settled) in run.iter().zip(&details).zip(&settled) {
+        let e = plan.email;
+        // The `queued` event of an email sent now is implied by its row (see `get`) and
+        // stored only for the webhooks that listen to it: a third of the rows per email.
+        if e.draft.scheduled_at.is_some() {
+            events.push((e.mode, NewEvent::email(events::email::SCHEDULED, &e.id)));
+        } else if webhooks::store::is_subscribed(conn, e.mode, QUEUED_WEBHOOK_TYPE)? {
+            events.push((e.mode, NewEvent::email(events::email::QUEUED, &e.id)));
+        }
+        for ((address, _), detail) in plan.suppressed.iter().zip(details) {
+            events.push((
+                e.mode,
+                NewEvent::email(events::email::SUPPRESSED, &e.id)
+                    .recipient(address)
+                    .detail(detail),
+            ));
+        }
+        for (r, settled) in plan.rows.iter().zip(settled) {
+            if let (Some(result), Some(settled)) = (&r.captured, settled) {
+                for event in queue::consequent_events(&e.id, r.address, result, settled) {
+                    events.push((e.mode, event));
+                }
+            }
+        }
+    }
+    events::record_all(conn, &events)?;
+
+    for (plan, settled) in run.iter().zip(&settled) {
+        let e = plan.email;
+        let mut captured = Vec::new();
+        for (r, settled) in plan.rows.iter().zip(settled) {
+            if let (Some(result), Some(settled)) = (&r.captured, settled) {
+                captured.push(settled.label());
+                queue::add_consequent_suppression(conn, e.mode, &e.id, r.address, result, settled)?;
+            }
+        }
+        accepted.push(Accepted {
+            id: e.id.clone(),
+            status: plan.accepted_status,
+            queued_at: e.created_at,
             captured,
         });
     }
-    // The answer tells what was accepted (queued); the row holds what it is now.
-    let status = derive_status(rows.iter().map(|r| (r.status, 1)));
-    let settled: Vec<Option<Settled<'_>>> = rows
-        .iter()
-        .map(|r| {
-            r.captured
-                .as_ref()
-                .map(|result| queue::settle(result, 1, None, &[], e.created_at))
-        })
-        .collect();
-    let stored_status = derive_status(
-        rows.iter()
-            .zip(&settled)
-            .map(|(r, s)| (s.as_ref().map_or(r.status, |s| s.status), 1)),
-    );
-    conn.prepare_cached(
-        "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
-            subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
-            message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
-            scheduled_at, template_id, audience_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23)",
-    )?
-    .execute(params![
-        e.id,
-        e.mode.as_str(),
-        d.email_type.as_str(),
-        stored_status,
-        c.from_header,
-        c.from_lower,
-        e.envelope_from,
-        d.subject,
-        c.to_json,
-        c.cc_json,
-        c.bcc_json,
-        c.reply_to_json,
-        c.tags_json,
-        c.headers_json,
-        e.message_id,
-        d.track_opens,
-        d.track_clicks,
-        e.api_key_id,
-        e.created_at,
-        e.created_at,
-        d.scheduled_at,
-        d.template_id,
-        e.audience_id
-    ])?;
-    conn.prepare_cached(
-        "INSERT INTO email_contents (email_id, html, text, raw) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        e.id,
-        d.html,
-        d.text,
-        (!e.raw.is_empty()).then_some(&e.raw)
-    ])?;
-    let mut insert_rcpt = conn.prepare_cached(
-        "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind, status,
-                                 next_attempt_at, updated_at, attempts, last_response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    for (r, settled) in rows.iter().zip(&settled) {
-        let copy = e
-            .copies
-            .iter()
-            .find(|(l, _)| *l == r.lower)
-            .map(|(_, raw)| raw);
-        let (status, next, attempts, response) = match settled {
-            Some(s) => (s.status, s.next_attempt_at, 1, Some(s.detail)),
-            None => (r.status, (r.status != "suppressed").then_some(due), 0, None),
-        };
-        insert_rcpt.execute(params![
-            e.id,
-            e.mode.as_str(),
-            r.address,
-            r.lower,
-            r.domain,
-            r.kind,
-            status,
-            next,
-            e.created_at,
-            attempts,
-            response
-        ])?;
-        if let Some(copy) = copy {
-            insert_copy(conn, conn.last_insert_rowid(), copy)?;
-        }
-    }
-    // The `queued` event of an email sent now is implied by its row (see `get`) and stored
-    // only for the webhooks that listen to it: a third of the rows written per email.
-    if d.scheduled_at.is_some() {
-        events::record(
-            conn,
-            e.mode,
-            &NewEvent::email(events::email::SCHEDULED, &e.id),
-        )?;
-    } else if webhooks::store::is_subscribed(conn, e.mode, QUEUED_WEBHOOK_TYPE)? {
-        events::record(conn, e.mode, &NewEvent::email(events::email::QUEUED, &e.id))?;
-    }
-    for (address, reason) in &suppressed {
-        let detail = format!(
-            "The address is on the suppression list ({}).",
-            reason.as_str()
-        );
-        events::record(
-            conn,
-            e.mode,
-            &NewEvent::email(events::email::SUPPRESSED, &e.id)
-                .recipient(address)
-                .detail(&detail),
-        )?;
-    }
-    let mut captured = Vec::new();
-    for (r, settled) in rows.iter().zip(settled) {
-        if let (Some(result), Some(settled)) = (&r.captured, settled) {
-            captured.push(settled.label());
-            queue::record_consequences(conn, e.mode, &e.id, &r.address, result, settled)?;
-        }
-    }
-    Ok(Accepted {
-        id: e.id.clone(),
-        status,
-        queued_at: time::format(e.created_at),
-        captured,
-    })
+    Ok(())
 }
 
 /// The webhook event type of an email's `queued` event.
@@ -269,14 +467,23 @@ const QUEUED_WEBHOOK_TYPE: &str = "email.queued";
 
 /// A recipient of an email being stored.
 struct Row<'a> {
-    address: String,
-    lower: String,
+    address: &'a str,
+    lower: &'a str,
     domain: &'a str,
     kind: &'static str,
     /// `queued`, `scheduled` or `suppressed`.
     status: &'static str,
     /// Test mode's capture at accept.
     captured: Option<AttemptResult>,
+}
+
+impl Row<'_> {
+    /// What test mode's capture at accept (`created_at`) makes of the recipient.
+    fn settled(&self, created_at: i64) -> Option<Settled<'_>> {
+        self.captured
+            .as_ref()
+            .map(|result| queue::settle(result, 1, None, &[], created_at))
+    }
 }
 
 /// Stores `raw` as the recipient's own copy of the message (see `recipient_copies` in

@@ -2,11 +2,15 @@
 //! the change it describes, so an event exists exactly when its change does. The table is
 //! also the webhooks' outbox.
 
-use rusqlite::{Connection, params};
+use std::sync::LazyLock;
+
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, ToSql};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::keys::Mode;
+use crate::store::rows::RowInsert;
 use crate::store::{StoreError, ids, time};
 
 /// Event types of an email (API.md "Emails").
@@ -69,26 +73,63 @@ impl<'a> NewEvent<'a> {
 
 /// Writes `event` in the caller's transaction and returns its id.
 pub fn record(conn: &Connection, mode: Mode, event: &NewEvent<'_>) -> Result<String, StoreError> {
-    let id = ids::new_id("evt");
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO events (id, mode, type, email_id, mail_id, recipient, detail, data_json, occurred_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    stmt.execute(params![
-        id,
-        mode.as_str(),
-        event.kind,
-        event.email_id,
-        event.mail_id,
-        event.recipient,
-        event.detail,
-        event.data.as_ref().map(|d| d.to_string()),
-        time::now()
-    ])?;
-    // The outbox: queue the event for the endpoints listening, in this same transaction.
-    let webhook_type = crate::webhooks::webhook_type(event.kind, event.email_id, event.mail_id);
-    crate::webhooks::store::enqueue_for_event(conn, mode, &id, &webhook_type)?;
-    Ok(id)
+    let mut ids = record_all(conn, std::slice::from_ref(&(mode, event.clone())))?;
+    Ok(ids.pop().unwrap_or_default())
+}
+
+/// The `events` columns [`record_all`] writes.
+static EVENT_ROWS: LazyLock<RowInsert> = LazyLock::new(|| {
+    RowInsert::new(
+        "events",
+        &[
+            "id",
+            "mode",
+            "type",
+            "email_id",
+            "mail_id",
+            "recipient",
+            "detail",
+            "data_json",
+            "occurred_at",
+        ],
+    )
+});
+
+/// Writes `events` in the caller's transaction, in their order (their ids sort the same
+/// way), and queues each for the webhooks listening: what [`record`] does for one, with
+/// multi-row statements (see `store::rows`) for the many a batch of emails records.
+/// Returns their ids.
+pub fn record_all(
+    conn: &Connection,
+    events: &[(Mode, NewEvent<'_>)],
+) -> Result<Vec<String>, StoreError> {
+    let now = time::now();
+    let ids: Vec<String> = events.iter().map(|_| ids::new_id("evt")).collect();
+    let data: Vec<Option<String>> = events
+        .iter()
+        .map(|(_, e)| e.data.as_ref().map(Value::to_string))
+        .collect();
+    let mut values = Vec::with_capacity(events.len() * EVENT_ROWS.columns());
+    for (((mode, event), id), data) in events.iter().zip(&ids).zip(&data) {
+        values.extend([
+            id.to_sql()?,
+            mode.as_str().to_sql()?,
+            event.kind.to_sql()?,
+            event.email_id.to_sql()?,
+            event.mail_id.to_sql()?,
+            event.recipient.to_sql()?,
+            event.detail.to_sql()?,
+            data.to_sql()?,
+            ToSqlOutput::from(now),
+        ]);
+    }
+    EVENT_ROWS.insert(conn, &values)?;
+    // The outbox: queue the events for the endpoints listening, in this same transaction.
+    for ((mode, event), id) in events.iter().zip(&ids) {
+        let webhook_type = crate::webhooks::webhook_type(event.kind, event.email_id, event.mail_id);
+        crate::webhooks::store::enqueue_for_event(conn, *mode, id, &webhook_type)?;
+    }
+    Ok(ids)
 }
 
 /// An event as the API shows it inside an email.

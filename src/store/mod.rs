@@ -11,6 +11,7 @@
 
 mod checkpoint;
 pub mod ids;
+pub mod rows;
 pub mod time;
 mod writer;
 
@@ -80,6 +81,7 @@ impl Db {
             })?;
         }
         let mut conn = open_connection(&path, config.synchronous)?;
+        enlarge_lookaside(&conn);
         migrate(&mut conn)?;
         // The checkpointer does this connection's checkpoints (see `checkpoint`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -195,6 +197,37 @@ pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, Sto
     Ok(conn)
 }
 
+/// Lookaside slots of the writer's connection, of 1,200 bytes: SQLite makes three
+/// quarters of that memory into 1,200-byte slots and the rest into 128-byte ones.
+const WRITER_LOOKASIDE_SLOTS: i32 = 1_500;
+
+/// Gives the writer's connection a lookaside allocator big enough for a multi-row INSERT
+/// (see `rows`): SQLite copies every bound text into memory of its own, and a statement
+/// of fifty emails binds over a thousand of them. The default (1,200 bytes times 40 or
+/// 100 slots) is used up by the first rows, and the rest went to malloc and free, an
+/// eighth of the writer's time. Here: 1.8 MB, for the one connection.
+fn enlarge_lookaside(conn: &Connection) {
+    // SAFETY: the handle is this open connection's; SQLITE_DBCONFIG_LOOKASIDE takes a
+    // buffer (null: SQLite allocates it), a slot size and a slot count. It returns
+    // SQLITE_BUSY and changes nothing while lookaside memory is in use, which only costs
+    // the speed-up.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            1_200 as std::ffi::c_int,
+            WRITER_LOOKASIDE_SLOTS as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(
+            rc,
+            "the writer's lookaside allocator keeps its default size"
+        );
+    }
+}
+
 /// Process-wide SQLite settings, applied once before the first connection opens.
 ///
 /// Memory statistics off: with them on, every allocation SQLite makes takes a global mutex
@@ -240,6 +273,9 @@ fn configure(conn: &Connection, sync: Synchronous) -> Result<(), rusqlite::Error
     // the rest comes from the OS page cache. The ingest benchmark measured no gain from 8 MB
     // (18.5k vs 19.3k emails/s in batches, within its noise) for 10 MB more resident.
     conn.pragma_update(None, "cache_size", -2_000)?;
+    // The writer alone runs a few dozen distinct statements (ingest, delivery, webhooks,
+    // the multi-row inserts of `rows`); rusqlite's default of 16 would re-prepare them.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 

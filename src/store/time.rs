@@ -27,6 +27,11 @@ pub fn format(unix: i64) -> String {
     )
 }
 
+/// Serializes Unix seconds as [`format`] writes them (`#[serde(serialize_with)]`).
+pub fn serialize<S: serde::Serializer>(unix: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format(*unix))
+}
+
 /// Parses an RFC 3339 timestamp (any offset) to Unix seconds, dropping fractions.
 pub fn parse(s: &str) -> Option<i64> {
     OffsetDateTime::parse(s.trim(), &Rfc3339)

@@ -232,3 +232,78 @@ async fn batch_size_and_shape_are_checked() {
         .await;
     assert_eq!(res.status(), 200);
 }
+
+/// A batch is written with multi-row statements in runs; an item whose test-mode capture
+/// adds a suppression (a hard bounce, a complaint) ends its run, so the items after it see
+/// the suppression exactly as if each item had been sent on its own.
+#[tokio::test]
+async fn later_items_of_a_batch_see_the_suppressions_earlier_items_added() {
+    let app = spawn_app().await;
+    let to = |i: usize| match i {
+        60 | 130 => "bounced@test.mailsflux".to_string(),
+        70 | 140 => "complained@test.mailsflux".to_string(),
+        i => format!("user{i}@example.org"),
+    };
+    let items: Vec<Value> = (0..160)
+        .map(|i| {
+            let mut it = item(i);
+            it["to"] = json!(to(i));
+            it
+        })
+        .collect();
+    let res = app
+        .post("/v1/emails/batch", &app.test_key, &json!(items))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 160);
+    let expected = |i: usize| match i {
+        60 => "bounced",
+        130 | 140 => "suppressed",
+        _ => "delivered",
+    };
+    for i in [0, 49, 50, 59, 60, 61, 70, 71, 129, 130, 140, 159] {
+        let email = app.email(&app.test_key, &ids[i]).await;
+        assert_eq!(email["status"], expected(i), "item {i}: {email}");
+        assert_eq!(email["subject"], format!("Email {i}"));
+        let types: Vec<&str> = email["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        let want: &[&str] = match i {
+            60 => &["queued", "bounced"],
+            70 => &["queued", "delivered", "complained"],
+            130 | 140 => &["queued", "suppressed"],
+            _ => &["queued", "delivered"],
+        };
+        assert_eq!(types, want, "item {i}");
+    }
+    let listed: Value = app
+        .get("/v1/suppressions", &app.test_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut reasons: Vec<(&str, &str)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["email"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("bounced@test.mailsflux", "bounce"),
+            ("complained@test.mailsflux", "complaint")
+        ]
+    );
+}
