@@ -167,8 +167,6 @@ pub fn insert_all(
 struct Plan<'e> {
     email: &'e PreparedEmail,
     rows: Vec<Row<'e>>,
-    /// Recipients the suppression list blocks, with the list's reason.
-    suppressed: Vec<(&'e str, suppressions::Reason)>,
     /// The status the answer gives (what was accepted).
     accepted_status: &'static str,
     /// The status the row holds (after test mode's capture).
@@ -186,7 +184,6 @@ impl<'e> Plan<'e> {
         };
         let capture_now = e.mode == Mode::Test && d.scheduled_at.is_none();
         let mut rows = Vec::new();
-        let mut suppressed = Vec::new();
         for recipient in &e.columns.recipients {
             let reason = suppressions::blocking_reason(conn, e.mode, &recipient.lower, marketing)?;
             let status = if reason.is_some() {
@@ -194,18 +191,13 @@ impl<'e> Plan<'e> {
             } else {
                 initial
             };
-            if let Some(reason) = reason {
-                suppressed.push((recipient.address.as_str(), reason));
-            }
             let captured = (capture_now && reason.is_none())
                 .then(|| capture::at_accept(&recipient.address))
                 .flatten();
             rows.push(Row {
-                address: &recipient.address,
-                lower: &recipient.lower,
-                domain: &recipient.domain,
-                kind: recipient.kind,
+                recipient,
                 status,
+                suppressed_for: reason,
                 captured,
             });
         }
@@ -217,7 +209,6 @@ impl<'e> Plan<'e> {
         Ok(Plan {
             email: e,
             rows,
-            suppressed,
             accepted_status,
             stored_status,
         })
@@ -344,10 +335,20 @@ fn write_run(
     }
     CONTENT_ROWS.insert(conn, &values)?;
 
+    let settled: Vec<Vec<Option<Settled<'_>>>> = run
+        .iter()
+        .map(|plan| {
+            plan.rows
+                .iter()
+                .map(|r| r.settled(plan.email.created_at))
+                .collect()
+        })
+        .collect();
+
     // Recipients in order; an email with per-recipient copies writes its rows one at a
     // time, as each copy needs the rowid of its recipient.
     values.clear();
-    for plan in run {
+    for (plan, settled) in run.iter().zip(&settled) {
         let e = plan.email;
         let due = e.draft.scheduled_at.unwrap_or(e.created_at);
         let with_copies = !e.copies.is_empty();
@@ -355,18 +356,19 @@ fn write_run(
             RECIPIENT_ROWS.insert(conn, &values)?;
             values.clear();
         }
-        for r in &plan.rows {
-            let (status, next, attempts, response) = match r.settled(e.created_at) {
+        for (r, settled) in plan.rows.iter().zip(settled) {
+            let recipient = r.recipient;
+            let (status, next, attempts, response) = match settled {
                 Some(s) => (s.status, s.next_attempt_at, 1, Some(s.detail)),
                 None => (r.status, (r.status != "suppressed").then_some(due), 0, None),
             };
             values.extend([
                 e.id.to_sql()?,
                 e.mode.as_str().to_sql()?,
-                r.address.to_sql()?,
-                r.lower.to_sql()?,
-                r.domain.to_sql()?,
-                r.kind.to_sql()?,
+                recipient.address.to_sql()?,
+                recipient.lower.to_sql()?,
+                recipient.domain.to_sql()?,
+                recipient.kind.to_sql()?,
                 status.to_sql()?,
                 ToSqlOutput::Owned(next.map_or(
                     rusqlite::types::Value::Null,
@@ -382,7 +384,7 @@ fn write_run(
             if with_copies {
                 RECIPIENT_ROWS.insert(conn, &values)?;
                 values.clear();
-                if let Some((_, raw)) = e.copies.iter().find(|(l, _)| *l == r.lower) {
+                if let Some((_, raw)) = e.copies.iter().find(|(l, _)| *l == recipient.lower) {
                     insert_copy(conn, conn.last_insert_rowid(), raw)?;
                 }
             }
@@ -391,32 +393,26 @@ fn write_run(
     RECIPIENT_ROWS.insert(conn, &values)?;
     drop(values);
 
-    let details: Vec<Vec<String>> = run
-        .iter()
-        .map(|plan| {
-            plan.suppressed
-                .iter()
-                .map(|(_, reason)| {
-                    format!(
-                        "The address is on the suppression list ({}).",
-                        reason.as_str()
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    let settled: Vec<Vec<Option<Settled<'_>>>> = run
+    // The detail of each recipient's `suppressed` event, made before the events borrow it.
+    let details: Vec<Vec<Option<String>>> = run
         .iter()
         .map(|plan| {
             plan.rows
                 .iter()
-                .map(|r| r.settled(plan.email.created_at))
+                .map(|r| {
+                    r.suppressed_for.map(|reason| {
+                        format!(
+                            "The address is on the suppression list ({}).",
+                            reason.as_str()
+                        )
+                    })
+                })
                 .collect()
         })
         .collect();
     // Each email's events in the order it happened: accepted, suppressed, captured.
     let mut events = Vec::new();
-    for ((plan, details), settled) in run.iter().zip(&details).zip(&settled) {
+    for ((plan, settled), details) in run.iter().zip(&settled).zip(&details) {
         let e = plan.email;
         // The `queued` event of an email sent now is implied by its row (see `get`) and
         // stored only for the webhooks that listen to it: a third of the rows per email.
@@ -425,19 +421,21 @@ fn write_run(
         } else if webhooks::store::is_subscribed(conn, e.mode, QUEUED_WEBHOOK_TYPE)? {
             events.push((e.mode, NewEvent::email(events::email::QUEUED, &e.id)));
         }
-        for ((address, _), detail) in plan.suppressed.iter().zip(details) {
-            events.push((
-                e.mode,
-                NewEvent::email(events::email::SUPPRESSED, &e.id)
-                    .recipient(address)
-                    .detail(detail),
-            ));
+        for (r, detail) in plan.rows.iter().zip(details) {
+            if let Some(detail) = detail {
+                events.push((
+                    e.mode,
+                    NewEvent::email(events::email::SUPPRESSED, &e.id)
+                        .recipient(&r.recipient.address)
+                        .detail(detail),
+                ));
+            }
         }
         for (r, settled) in plan.rows.iter().zip(settled) {
             if let (Some(result), Some(settled)) = (&r.captured, settled) {
-                for event in queue::consequent_events(&e.id, r.address, result, settled) {
-                    events.push((e.mode, event));
-                }
+                let consequent =
+                    queue::consequent_events(&e.id, &r.recipient.address, result, settled);
+                events.extend(consequent.into_iter().map(|event| (e.mode, event)));
             }
         }
     }
@@ -449,7 +447,14 @@ fn write_run(
         for (r, settled) in plan.rows.iter().zip(settled) {
             if let (Some(result), Some(settled)) = (&r.captured, settled) {
                 captured.push(settled.label());
-                queue::add_consequent_suppression(conn, e.mode, &e.id, r.address, result, settled)?;
+                queue::add_consequent_suppression(
+                    conn,
+                    e.mode,
+                    &e.id,
+                    &r.recipient.address,
+                    result,
+                    settled,
+                )?;
             }
         }
         accepted.push(Accepted {
@@ -467,12 +472,11 @@ const QUEUED_WEBHOOK_TYPE: &str = "email.queued";
 
 /// A recipient of an email being stored.
 struct Row<'a> {
-    address: &'a str,
-    lower: &'a str,
-    domain: &'a str,
-    kind: &'static str,
+    recipient: &'a RecipientColumns,
     /// `queued`, `scheduled` or `suppressed`.
     status: &'static str,
+    /// Why the suppression list blocks the recipient, when it does.
+    suppressed_for: Option<suppressions::Reason>,
     /// Test mode's capture at accept.
     captured: Option<AttemptResult>,
 }
