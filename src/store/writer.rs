@@ -218,6 +218,8 @@ impl Writer {
 }
 
 fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    // Dropped before `conn` (a parameter outlives the locals), as it must be.
+    let _kept = super::rows::keep_statements(&conn);
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     // A message taken from the queue that could not join the transaction being gathered.
     let mut held: Option<Msg> = None;
