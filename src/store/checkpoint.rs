@@ -11,40 +11,56 @@
 //! frame copied back. Under a steady stream of commits the thread never gets there (each
 //! commit lands while it copies), so the WAL would only grow, and a checkpoint the writer
 //! made at a size limit stalled every request for 20 to 50 ms. So the writer finishes the
-//! job itself, between two transactions, right after a pass of this thread: only the frames
-//! committed during that pass are left to copy, and the next transaction restarts the WAL
-//! ([`Checkpointer::restart_due`]).
+//! job itself, between two transactions ([`Checkpointer::restart_due`]), and the next
+//! transaction restarts the WAL. What the writer copies and syncs (the WAL, then the
+//! database file) is what was committed during the thread's last pass, so once the WAL is
+//! long the thread first catches up: pass after pass with no pause, each copying what was
+//! committed during the one before, until a pass had little to copy; only then does it hand
+//! over. Handing over after any pass held the writer for 160 to 190 ms per restart under
+//! batches on the benchmark machine (a pass copying 16 MB lasts that long), a quarter of
+//! its time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
 /// The WAL size past which the writer checkpoints itself whatever the thread did: a bound
-/// for when the thread cannot keep up. Also the size the WAL file is cut back to.
-pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// for when the thread cannot keep up. Also the size the WAL file is cut back to when the
+/// log restarts (`journal_size_limit`): cutting it back to the restart length instead cost
+/// the writer's first commit after each restart a 10 ms `ftruncate`.
+pub const WAL_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The WAL length from which the writer restarts it after a pass of the thread. Each of
-/// those checkpoints holds the writer while it syncs: 10 to 20 ms under single sends, 50 to
-/// 60 ms under batches on the benchmark machine. Restarting later makes them rarer but
-/// longer: at 64 MB, batches measured up to 8% faster (within their noise), and single-send
-/// p99 went from 16.6–17.7 ms to 19.5–19.8 ms in alternating runs, so it stays at 16 MB.
-const RESTART_BYTES: u64 = 16 * 1024 * 1024;
+/// The WAL length from which the thread catches up and then the writer restarts the log.
+/// A restart holds the writer for what the catch-up left, whatever the length (45 to 70 ms
+/// under batches on the benchmark machine), so a longer log makes them rarer: at 16 MB,
+/// 21 to 26 restarts in 16 s of batches, at 64 MB 7 to 9. (Before the catch-up, a longer
+/// log also made each restart longer, and 16 MB was kept for single sends' p99.)
+const RESTART_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Shortest time between two checkpoints: pages written again and again in a burst (the
 /// B-tree's inner pages) are copied once per period, not once per commit.
 const PERIOD: Duration = Duration::from_millis(200);
 
+/// A pass that had at most this much to copy is short, and so are the commits that landed
+/// while it ran: the writer can finish the job after it.
+const SHORT_PASS_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Passes in a row the thread makes to catch up before handing over anyway (a reader on an
+/// old snapshot, or a writer faster than the copies, would otherwise keep it going).
+const MAX_CATCH_UP_PASSES: u32 = 8;
+
 /// What the thread's last pass found.
 #[derive(Default)]
 struct Progress {
-    /// Passes finished so far.
-    passes: AtomicU64,
-    /// Frames in the WAL at the end of the last pass.
+    /// Hand-overs so far: passes after which the writer may finish the job.
+    handovers: AtomicU64,
+    /// Frames in the WAL when the last pass began (all copied back, unless a reader on an
+    /// older snapshot held some).
     log_frames: AtomicU64,
 }
 
@@ -53,7 +69,7 @@ pub struct Checkpointer {
     tx: SyncSender<()>,
     wal_path: PathBuf,
     progress: Arc<Progress>,
-    /// The pass after which the writer last restarted the WAL.
+    /// The hand-over after which the writer last restarted the WAL.
     restarted_after: AtomicU64,
     /// [`RESTART_BYTES`] in frames (one page each) of this database.
     restart_frames: u64,
@@ -69,16 +85,20 @@ impl Checkpointer {
         let (tx, rx) = sync_channel(1);
         let progress = Arc::new(Progress::default());
         let shared = progress.clone();
+        let frames = Frames {
+            restart: RESTART_BYTES / page_size,
+            short_pass: SHORT_PASS_BYTES / page_size,
+        };
         thread::Builder::new()
             .name("mailsflux-db-checkpoint".into())
-            .spawn(move || run(conn, rx, &shared))
+            .spawn(move || run(conn, rx, &shared, frames))
             .expect("spawning the database checkpoint thread");
         Checkpointer {
             tx,
             wal_path,
             progress,
             restarted_after: AtomicU64::new(0),
-            restart_frames: RESTART_BYTES / page_size,
+            restart_frames: frames.restart,
         }
     }
 
@@ -90,13 +110,13 @@ impl Checkpointer {
     }
 
     /// Whether the writer should checkpoint now, between two transactions, so that the
-    /// next one restarts the WAL: once per pass of the thread that left a long WAL behind
-    /// (then little is left to copy), or whenever the WAL file passed the hard limit.
+    /// next one restarts the WAL: once after the thread caught up with a long WAL (then
+    /// little is left to copy), or whenever the WAL file passed the hard limit.
     pub fn restart_due(&self) -> bool {
-        let passes = self.progress.passes.load(Ordering::Acquire);
+        let handovers = self.progress.handovers.load(Ordering::Acquire);
         let long = self.progress.log_frames.load(Ordering::Acquire) >= self.restart_frames;
-        if long && passes != self.restarted_after.load(Ordering::Relaxed) {
-            self.restarted_after.store(passes, Ordering::Relaxed);
+        if long && handovers != self.restarted_after.load(Ordering::Relaxed) {
+            self.restarted_after.store(handovers, Ordering::Relaxed);
             return true;
         }
         std::fs::metadata(&self.wal_path)
@@ -105,22 +125,55 @@ impl Checkpointer {
     }
 }
 
-fn run(conn: Connection, rx: Receiver<()>, progress: &Progress) {
+/// Lengths, in frames of this database's page size, that the thread compares with.
+#[derive(Clone, Copy)]
+struct Frames {
+    /// [`RESTART_BYTES`].
+    restart: u64,
+    /// [`SHORT_PASS_BYTES`].
+    short_pass: u64,
+}
+
+fn run(conn: Connection, rx: Receiver<()>, progress: &Progress, frames: Frames) {
+    // Frames copied back by the last pass: where the next one starts.
+    let mut copied = 0u64;
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(()) => {}
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        // (busy, frames in the WAL, frames copied back)
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(log) => {
-                progress
-                    .log_frames
-                    .store(log.max(0) as u64, Ordering::Release);
-                progress.passes.fetch_add(1, Ordering::AcqRel);
+        let mut passes = 0;
+        loop {
+            let started = Instant::now();
+            // (busy, frames in the WAL, frames copied back)
+            let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            });
+            let (log, done) = match pass {
+                Ok((log, done)) => (log.max(0) as u64, done.max(0) as u64),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries");
+                    break;
+                }
+            };
+            // A log shorter than what was copied before has restarted since.
+            let to_copy = if log < copied { log } else { log - copied };
+            copied = done;
+            let long = log >= frames.restart;
+            passes += 1;
+            tracing::trace!(
+                log,
+                to_copy,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "checkpoint pass"
+            );
+            let catching_up = long && to_copy > frames.short_pass;
+            if !catching_up || passes >= MAX_CATCH_UP_PASSES {
+                progress.log_frames.store(log, Ordering::Release);
+                progress.handovers.fetch_add(1, Ordering::AcqRel);
+                break;
             }
-            Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries"),
         }
         thread::sleep(PERIOD);
     }
@@ -132,11 +185,19 @@ mod tests {
 
     use crate::store::{Db, StoreError};
 
-    /// Under a steady stream of commits the WAL restarts from its beginning again and again
-    /// (the writer finishes a pass of the checkpoint thread), instead of growing to the
-    /// hard limit.
+    /// The WAL header's checkpoint sequence number: SQLite adds one each time the log
+    /// restarts from its beginning.
+    fn wal_restarts(wal: &std::path::Path) -> u32 {
+        let mut header = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open(wal).unwrap(), &mut header).unwrap();
+        u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+    }
+
+    /// Under a steady stream of commits the WAL restarts from its beginning each time it
+    /// has grown to the restart length (the thread catches up, the writer finishes),
+    /// instead of growing to the hard limit.
     #[test]
-    fn a_steady_stream_of_commits_keeps_the_wal_short() {
+    fn a_steady_stream_of_commits_restarts_the_wal() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_for_test(dir.path());
         // The same 64 pages rewritten by every commit: the WAL grows by 64 frames a commit
@@ -151,9 +212,12 @@ mod tests {
         })
         .unwrap();
         let wal = db.path().with_extension("db-wal");
+        let restarts_before = wal_restarts(&wal);
         let (mut written, mut longest) = (0u64, 0u64);
-        // Twice the hard limit: without the restarts, the WAL would reach that limit.
-        let goal = 2 * super::WAL_LIMIT_BYTES;
+        // Three restart lengths: at least two restarts, and less than the hard limit, so
+        // that the writer's own limit cannot be what restarted the log.
+        let goal = 3 * super::RESTART_BYTES;
+        assert!(goal < super::WAL_LIMIT_BYTES);
         let started = Instant::now();
         while written < goal && started.elapsed() < Duration::from_secs(60) {
             db.write_blocking(|c| -> Result<(), StoreError> {
@@ -167,11 +231,16 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(written >= goal, "wrote only {written} bytes");
-        // Without the restarts the WAL reaches the hard limit before the writer cuts it
-        // back. How far below it stays depends on how long a pass of the thread takes: on
-        // a slow machine running the other tests at once, 50 MB has been seen.
+        let restarts = wal_restarts(&wal) - restarts_before;
         assert!(
-            longest < super::WAL_LIMIT_BYTES,
+            restarts >= 2,
+            "the WAL restarted {restarts} times for {written} bytes written (longest {longest})"
+        );
+        // Each restart came soon after the log reached the restart length: how far past it
+        // depends on how long the thread takes to catch up (on a slow machine running the
+        // other tests at once, twice as long).
+        assert!(
+            longest < 2 * super::RESTART_BYTES,
             "the WAL grew to {longest} bytes for {written} written"
         );
     }

@@ -254,13 +254,18 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::Unbou
             // Between two transactions, so this checkpoint can finish and the next
             // transaction restarts the WAL from its beginning (see `store::checkpoint`).
             let started = std::time::Instant::now();
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "a WAL checkpoint by the writer failed");
+            // (busy, frames in the WAL, frames copied back)
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            }) {
+                Ok((log, done)) => tracing::debug!(
+                    log,
+                    done,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "writer checkpoint"
+                ),
+                Err(e) => tracing::warn!(error = %e, "a WAL checkpoint by the writer failed"),
             }
-            tracing::debug!(
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "writer checkpoint"
-            );
         }
     }
     // Jobs that arrived after Stop still get an answer.
