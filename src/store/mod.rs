@@ -125,7 +125,8 @@ impl Db {
         &self.path
     }
 
-    /// Runs `f` with a read connection on a blocking thread.
+    /// Runs `f` with a read connection on a blocking thread, all of it on one snapshot of
+    /// the database (a read transaction).
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -135,7 +136,15 @@ impl Db {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let conn = pool.get().map_err(StoreError::from)?;
-            f(&conn)
+            // One snapshot for all of `f`'s statements. Without it each statement read the
+            // database as it was then, and a commit between two of them gave an answer that
+            // was never true: an email whose recipients had all bounced while their counts
+            // (read first) still said "sending".
+            let snapshot = conn.unchecked_transaction().map_err(StoreError::from)?;
+            let result = f(&snapshot);
+            // Rolls back: a read has nothing to keep.
+            drop(snapshot);
+            result
         })
         .await
         .map_err(|e| E::from(StoreError::Task(e.to_string())))?
@@ -345,6 +354,45 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read sees the database as it was when it began, whatever commits while it runs:
+    /// two statements of one read never disagree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_keeps_one_snapshot_across_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_test(dir.path());
+        db.write(|c| -> Result<(), StoreError> {
+            c.execute_batch(
+                "CREATE TABLE counters (n INTEGER NOT NULL); INSERT INTO counters VALUES (1);",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let writer = db.clone();
+        let (before, after) = db
+            .read(move |c| -> Result<(i64, i64), StoreError> {
+                let count =
+                    |c: &Connection| c.query_row("SELECT n FROM counters", [], |r| r.get(0));
+                let before = count(c)?;
+                // Committed on the writer's connection between the two statements.
+                writer.write_blocking(|w| -> Result<(), StoreError> {
+                    w.execute("UPDATE counters SET n = 2", [])?;
+                    Ok(())
+                })?;
+                Ok((before, count(c)?))
+            })
+            .await
+            .unwrap();
+        assert_eq!((before, after), (1, 1));
+        let now = db
+            .read(|c| -> Result<i64, StoreError> {
+                Ok(c.query_row("SELECT n FROM counters", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(now, 2, "the next read sees the commit");
+    }
 
     #[test]
     fn migration_2_moves_bodies_out_of_the_rows_that_change() {
