@@ -131,6 +131,16 @@ impl Checkpointer {
     }
 }
 
+/// Runs a PASSIVE checkpoint on `conn`: the frames in the WAL when it began, and those
+/// copied back (both 0 when another connection was checkpointing).
+pub fn passive(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    // (busy, frames in the WAL, frames copied back); -1 for the last two when busy.
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        let frames = |i| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+        Ok((frames(1)?, frames(2)?))
+    })
+}
+
 /// Lengths, in frames of this database's page size, that the thread compares with.
 #[derive(Clone, Copy)]
 struct Frames {
@@ -158,12 +168,8 @@ fn run(
         let mut passes = 0;
         loop {
             let started = Instant::now();
-            // (busy, frames in the WAL, frames copied back)
-            let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            });
-            let (log, done) = match pass {
-                Ok((log, done)) => (log.max(0) as u64, done.max(0) as u64),
+            let (log, done) = match passive(&conn) {
+                Ok(frames) => frames,
                 Err(e) => {
                     tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries");
                     break;

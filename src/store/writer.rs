@@ -254,10 +254,7 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::Unbou
             // Between two transactions, so this checkpoint can finish and the next
             // transaction restarts the WAL from its beginning (see `store::checkpoint`).
             let started = std::time::Instant::now();
-            // (busy, frames in the WAL, frames copied back)
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            }) {
+            match super::checkpoint::passive(&conn) {
                 Ok((log, done)) => tracing::debug!(
                     log,
                     done,
