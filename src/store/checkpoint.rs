@@ -245,13 +245,17 @@ mod tests {
         .unwrap();
         let wal = db.path().with_extension("db-wal");
         let restarts_before = wal_restarts(&wal);
-        let (mut written, mut longest) = (0u64, 0u64);
-        // Three restart lengths: at least two restarts, and less than the hard limit, so
-        // that the writer's own limit cannot be what restarted the log.
-        let goal = 3 * super::RESTART_BYTES;
-        assert!(goal < super::WAL_LIMIT_BYTES);
+        // The bound on the WAL file is under the hard limit, so the writer's own limit
+        // cannot be what restarts the log while the file stays under it.
+        let bound = 2 * super::RESTART_BYTES;
+        assert!(bound < super::WAL_LIMIT_BYTES);
+        let (mut written, mut longest, mut restarts) = (0u64, 0u64, 0);
         let started = Instant::now();
-        while written < goal && started.elapsed() < Duration::from_secs(60) {
+        // Until the log restarted twice: each restart comes once the log has reached the
+        // restart length and the thread has caught up, so how much is written before it
+        // varies with the machine (80 to 110 MB here). The loop stops early if the file
+        // outgrows the bound, which fails below.
+        while restarts < 2 && longest < bound && started.elapsed() < Duration::from_secs(90) {
             db.write_blocking(|c| -> Result<(), StoreError> {
                 c.prepare_cached("UPDATE blobs SET x = randomblob(4000)")?
                     .execute([])?;
@@ -260,20 +264,19 @@ mod tests {
             .unwrap();
             written += 64 * 4096;
             longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            restarts = wal_restarts(&wal) - restarts_before;
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(written >= goal, "wrote only {written} bytes");
-        let restarts = wal_restarts(&wal) - restarts_before;
-        assert!(
-            restarts >= 2,
-            "the WAL restarted {restarts} times for {written} bytes written (longest {longest})"
-        );
         // Each restart came soon after the log reached the restart length: how far past it
         // depends on how long the thread takes to catch up (on a slow machine running the
         // other tests at once, twice as long).
         assert!(
-            longest < 2 * super::RESTART_BYTES,
-            "the WAL grew to {longest} bytes for {written} written"
+            longest < bound,
+            "the WAL grew to {longest} bytes for {written} written ({restarts} restarts)"
+        );
+        assert!(
+            restarts >= 2,
+            "the WAL restarted {restarts} times for {written} bytes written (longest {longest})"
         );
     }
 }
