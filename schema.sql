@@ -518,3 +518,36 @@ CREATE INDEX events_by_time ON events (mode, occurred_at);
 -- range of ids from the first one that can have happened since then (src/dashboard/store.rs).
 -- The index was one more B-tree written with every event, at least one per accepted email.
 DROP INDEX events_by_time;
+
+-- migration: 8
+-- Multi-row INSERTs without a statement journal. SQLite copies every page a statement
+-- changes into a statement journal when the statement writes several rows and "may
+-- abort", so that a failure halfway can undo it alone. The writer's multi-row INSERTs
+-- (src/store/rows.rs) were such statements for three reasons, each removed here or there:
+-- 1. The index by From domain was on an expression, and any function in the code SQLite
+--    generates counts as "may abort". The domain is now a column of its own, written by
+--    the server (src/emails/store.rs), and the index is on it.
+-- 2. The foreign keys of `recipients` and `email_contents` were immediate, checked by
+--    every row. They are now DEFERRABLE INITIALLY DEFERRED: checked at COMMIT, and after
+--    each write job by the writer (src/store/writer.rs), so one job's violation fails
+--    that job alone. ON DELETE CASCADE still acts at once. The clause is changed in the
+--    stored CREATE TABLE text, SQLite's documented way for constraint changes that leave
+--    the rows as they are: no copy of the two largest tables.
+-- 3. The default conflict action ABORT; `rows` writes `INSERT OR FAIL`, which keeps the
+--    rows a failing statement already wrote, and the job fails and is rolled back whole.
+-- The schema edit comes first and `writable_schema = RESET` reloads this connection's
+-- schema; the ALTER TABLE after it changes the schema cookie, which makes every other
+-- connection reload it too.
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema
+    SET sql = replace(sql, 'REFERENCES emails (id) ON DELETE CASCADE',
+                      'REFERENCES emails (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED')
+    WHERE type = 'table' AND name IN ('recipients', 'email_contents');
+PRAGMA writable_schema = RESET;
+ALTER TABLE emails ADD COLUMN from_domain TEXT NOT NULL DEFAULT '';
+-- The domain is what follows the last '@' (a quoted local part may hold one): rtrim with
+-- every character but '@' cuts the address back to its last '@'.
+UPDATE emails SET from_domain =
+    substr(from_address, length(rtrim(from_address, replace(from_address, '@', ''))) + 1);
+DROP INDEX emails_by_from_domain;
+CREATE INDEX emails_by_from_domain ON emails (mode, from_domain, created_at);

@@ -41,12 +41,12 @@ fn main() {
         let now = store::time::now();
         let tx = conn.transaction().expect("begin");
         tx.prepare_cached(
-            "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
-                subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
-                message_id, track_opens, track_clicks, api_key_id, created_at, queued_at,
-                scheduled_at)
+            "INSERT INTO emails (id, mode, type, status, from_header, from_address, from_domain,
+                envelope_from, subject, to_json, cc_json, bcc_json, reply_to_json, tags_json,
+                headers_json, message_id, track_opens, track_clicks, api_key_id, created_at,
+                queued_at, scheduled_at)
              VALUES (?1, 'test', 'transactional', 'queued', 'Acme <hello@acme.test>',
-                'hello@acme.test', 'hello@acme.test', 'Hello', '[\"ana@example.org\"]', '[]',
+                'hello@acme.test', 'acme.test', 'hello@acme.test', 'Hello', '[\"ana@example.org\"]', '[]',
                 '[]', '[]', '{}', '[]', ?2, 0, 0, 'key_x', ?3, ?3, NULL)",
         )
         .and_then(|mut s| s.execute(params![id, format!("{id}@acme.test"), now]))

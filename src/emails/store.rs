@@ -87,6 +87,13 @@ impl EmailColumns {
             recipients: recipient_columns(d),
         }
     }
+
+    /// The domain of the From address, lower-cased: the `from_domain` column.
+    fn sender_domain(&self) -> &str {
+        self.from_lower
+            .rsplit_once('@')
+            .map_or("", |(_, domain)| domain)
+    }
 }
 
 /// What the API answers for an accepted email.
@@ -234,6 +241,7 @@ static EMAIL_ROWS: LazyLock<RowInsert> = LazyLock::new(|| {
             "status",
             "from_header",
             "from_address",
+            "from_domain",
             "envelope_from",
             "subject",
             "to_json",
@@ -298,6 +306,7 @@ fn write_run(
             plan.stored_status.to_sql()?,
             c.from_header.to_sql()?,
             c.from_lower.to_sql()?,
+            c.sender_domain().to_sql()?,
             e.envelope_from.to_sql()?,
             d.subject.to_sql()?,
             c.to_json.to_sql()?,

@@ -524,6 +524,16 @@ mod tests {
         .unwrap()
     }
 
+    /// The first column of every row `sql` gives.
+    fn first_column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// The names of the indexes on `table`, sorted.
     fn index_names(conn: &Connection, table: &str) -> Vec<String> {
         conn.prepare(
@@ -597,13 +607,10 @@ mod tests {
         let mut conn = at_version(4);
         add_email(&conn, "live");
         migrate(&mut conn).unwrap();
-        let descending: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%DESC%'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let descending: Vec<String> = first_column(
+            &conn,
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%DESC%'",
+        );
         assert!(descending.is_empty(), "{descending:?}");
         let listed: String = conn
             .query_row(
@@ -706,6 +713,70 @@ mod tests {
             index_names(&conn, "events"),
             ["events_by_email", "events_by_mail"]
         );
+    }
+
+    /// Migration 8 fills the From domain column the index is on now, and defers the
+    /// foreign keys of `recipients` and `email_contents` to COMMIT, without touching a
+    /// row of either.
+    #[test]
+    fn migration_8_adds_the_from_domain_and_defers_two_foreign_keys() {
+        let mut conn = at_version(7);
+        conn.execute_batch(
+            r#"INSERT INTO emails (id, mode, type, status, from_header, from_address,
+                envelope_from, subject, to_json, cc_json, bcc_json, reply_to_json, tags_json,
+                headers_json, message_id, created_at)
+             VALUES ('msg_1', 'live', 'transactional', 'queued', 'a@x.test', 'a@x.test',
+                'a@x.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 1),
+                    ('msg_2', 'live', 'transactional', 'queued', 'q', '"a@b"@y.test',
+                '"a@b"@y.test', 's', '[]', '[]', '[]', '[]', '{}', '[]', 'm', 2);
+             INSERT INTO recipients (id, email_id, mode, address, address_lower, domain, kind,
+                status, updated_at)
+             VALUES (7, 'msg_1', 'live', 'b@z.test', 'b@z.test', 'z.test', 'to', 'queued', 1);
+             INSERT INTO email_contents (email_id, raw) VALUES ('msg_1', x'4142');"#,
+        )
+        .unwrap();
+        let recipients = every_row(&conn, "recipients");
+        let contents: Vec<Vec<u8>> = first_column(&conn, "SELECT raw FROM email_contents");
+        migrate(&mut conn).unwrap();
+        let domains: Vec<String> =
+            first_column(&conn, "SELECT from_domain FROM emails ORDER BY id");
+        assert_eq!(domains, ["x.test", "y.test"]);
+        let plan = query_plan(
+            &conn,
+            "SELECT 1 FROM emails WHERE mode = 'live' AND from_domain = 'x.test' AND created_at >= 0",
+            [],
+        );
+        assert!(plan.contains("emails_by_from_domain"), "{plan}");
+        assert_eq!(every_row(&conn, "recipients"), recipients);
+        let after: Vec<Vec<u8>> = first_column(&conn, "SELECT raw FROM email_contents");
+        assert_eq!(after, contents);
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        // Rows pointing at no email: accepted by the statement, refused by the COMMIT.
+        for orphan in [
+            "INSERT INTO recipients (email_id, mode, address, address_lower, domain, kind,
+                status, updated_at)
+             VALUES ('msg_9', 'live', 'c@z.test', 'c@z.test', 'z.test', 'to', 'queued', 1)",
+            "INSERT INTO email_contents (email_id, raw) VALUES ('msg_9', x'00')",
+        ] {
+            let tx = conn.transaction().unwrap();
+            tx.execute(orphan, []).unwrap();
+            let commit = tx.commit().unwrap_err().to_string();
+            assert!(commit.contains("FOREIGN KEY"), "{commit}");
+        }
+        // Deleting an email still deletes its rows at once.
+        conn.execute("DELETE FROM emails WHERE id = 'msg_1'", [])
+            .unwrap();
+        let left: i64 = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM recipients) + (SELECT count(*) FROM email_contents)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

@@ -41,11 +41,18 @@ impl RowInsert {
     /// `INSERT INTO table (columns...)`, one row or [`ROWS_PER_STATEMENT`] at a time.
     pub fn new(table: &str, columns: &[&str]) -> RowInsert {
         let row = format!("({})", vec!["?"; columns.len()].join(", "));
-        let head = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        let into = format!("INTO {table} ({}) VALUES ", columns.join(", "));
         RowInsert {
             columns: columns.len(),
-            one: format!("{head}{row}"),
-            many: format!("{head}{}", vec![row; ROWS_PER_STATEMENT].join(", ")),
+            one: format!("INSERT {into}{row}"),
+            // OR FAIL: with the default ABORT, a statement that writes several rows makes
+            // SQLite copy every page it changes into a statement journal, to undo the
+            // statement alone if a row fails. A failing row fails the whole write job,
+            // which is undone anyway (see schema.sql, step 8).
+            many: format!(
+                "INSERT OR FAIL {into}{}",
+                vec![row; ROWS_PER_STATEMENT].join(", ")
+            ),
         }
     }
 
