@@ -37,7 +37,7 @@ pub fn prepare(
         tracing::error!(error = %e, "building a MIME message failed");
         ApiError::internal()
     })?;
-    let mut envelope_from = draft.from.address.to_string();
+    let mut envelope_from = draft.from.address.as_str().to_owned();
     if let Some(sender) = &sender {
         raw = sender.sign(&raw).map_err(|e| {
             tracing::error!(domain = %sender.name, error = %e, "DKIM signing failed");

@@ -2,7 +2,7 @@
 //! events, reading them back, listing with filters, canceling, and the email status that
 //! follows from its recipients' statuses.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use rusqlite::types::ToSqlOutput;
@@ -77,7 +77,7 @@ impl EmailColumns {
     pub fn of(d: &EmailDraft) -> EmailColumns {
         EmailColumns {
             from_header: d.from.display(),
-            from_lower: d.from.address.to_string().to_lowercase(),
+            from_lower: d.from.address.normalized(),
             to_json: to_json(&d.to),
             cc_json: to_json(&d.cc),
             bcc_json: to_json(&d.bcc),
@@ -113,16 +113,15 @@ pub struct Accepted {
 }
 
 fn recipient_columns(d: &EmailDraft) -> Vec<RecipientColumns> {
-    let mut seen = HashSet::new();
-    let mut recipients = Vec::new();
+    // At most MAX_RECIPIENTS: a scan of those kept is cheaper than a set of copies.
+    let mut recipients: Vec<RecipientColumns> = Vec::new();
     for (kind, mailbox) in d.recipients() {
-        let address = mailbox.address.to_string();
-        let lower = address.to_lowercase();
-        if seen.insert(lower.clone()) {
+        let lower = mailbox.address.normalized();
+        if !recipients.iter().any(|r| r.lower == lower) {
             recipients.push(RecipientColumns {
                 kind,
-                domain: mailbox.address.domain().to_string(),
-                address,
+                domain: mailbox.address.domain().to_owned(),
+                address: mailbox.address.as_str().to_owned(),
                 lower,
             });
         }

@@ -255,12 +255,12 @@ pub fn personalize(
     .with_signer(p.signer.clone());
     let mut copies: Vec<(String, Vec<u8>)> = Vec::new();
     for (_, m) in p.draft.recipients() {
-        let address = m.address.to_string();
-        let lower = address.to_lowercase();
+        let address = m.address.as_str();
+        let lower = m.address.normalized();
         if copies.iter().any(|(l, _)| *l == lower) {
             continue;
         }
-        let raw = plan.build(&address, None).map_err(|e| match e {
+        let raw = plan.build(address, None).map_err(|e| match e {
             CopyError::Template(t) => template_error(&t),
             other => {
                 tracing::error!(error = %other, "building a copy failed");
