@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::request::{EmailDraft, EmailType};
 use crate::delivery::capture;
@@ -55,12 +54,12 @@ pub struct PreparedEmail {
 pub struct EmailColumns {
     from_header: String,
     from_lower: String,
-    to_json: String,
-    cc_json: String,
-    bcc_json: String,
-    reply_to_json: String,
-    tags_json: String,
-    headers_json: String,
+    to_json: Json,
+    cc_json: Json,
+    bcc_json: Json,
+    reply_to_json: Json,
+    tags_json: Json,
+    headers_json: Json,
     /// The recipients, each address once (the first of to, cc, bcc that names it).
     recipients: Vec<RecipientColumns>,
 }
@@ -82,8 +81,16 @@ impl EmailColumns {
             cc_json: to_json(&d.cc),
             bcc_json: to_json(&d.bcc),
             reply_to_json: to_json(&d.reply_to),
-            tags_json: serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()),
-            headers_json: serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()),
+            tags_json: if d.tags.is_empty() {
+                Json::Borrowed("{}")
+            } else {
+                Json::Owned(serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()))
+            },
+            headers_json: if d.headers.is_empty() {
+                Json::Borrowed("[]")
+            } else {
+                Json::Owned(serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()))
+            },
             recipients: recipient_columns(d),
         }
     }
@@ -129,8 +136,16 @@ fn recipient_columns(d: &EmailDraft) -> Vec<RecipientColumns> {
     recipients
 }
 
-fn to_json(list: &[crate::address::Mailbox]) -> String {
-    Value::Array(list.iter().map(|m| Value::String(m.display())).collect()).to_string()
+/// A JSON column's text: most emails leave most lists empty, and those need no allocation.
+type Json = std::borrow::Cow<'static, str>;
+
+/// The display forms of `list` as a JSON array of strings.
+fn to_json(list: &[crate::address::Mailbox]) -> Json {
+    if list.is_empty() {
+        return Json::Borrowed("[]");
+    }
+    let displays: Vec<String> = list.iter().map(|m| m.display()).collect();
+    Json::Owned(serde_json::to_string(&displays).unwrap_or_else(|_| "[]".into()))
 }
 
 /// Stores one email, its recipients (each checked against the suppression list) and its
