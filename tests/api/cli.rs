@@ -34,6 +34,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// An HTTP client for the server under test. reqwest is built without a TLS crypto
+/// provider (the app installs ring when it starts): these tests start no app in this
+/// process, so run alone they must install it themselves.
+fn http_client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::new()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -110,7 +118,7 @@ impl Server {
     }
 
     fn wait_ready(&self) {
-        let client = reqwest::blocking::Client::new();
+        let client = http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(res) = client.get(self.url("/healthz")).send()
@@ -320,7 +328,7 @@ fn serve_first_start_one_server_per_database_and_sigterm() {
         stdout.contains(&format!("Authorization: Bearer {token}")),
         "{stdout}"
     );
-    let client = reqwest::blocking::Client::new();
+    let client = http_client();
     let res = client
         .post(server.url("/v1/emails/send"))
         .bearer_auth(&token)
