@@ -185,6 +185,8 @@ pub struct Application {
     postal_worker: Option<JoinHandle<()>>,
     sender: Option<JoinHandle<()>>,
     maintenance: JoinHandle<()>,
+    /// Writes when each API key was last used (see `keys::usage`).
+    key_usage: Option<JoinHandle<()>>,
     /// Copies new recipients to the `to` filter's index (see `emails::indexer`).
     indexer: JoinHandle<()>,
     domain_checks: JoinHandle<()>,
@@ -339,6 +341,11 @@ impl Application {
         );
         let indexer = tokio::spawn(emails::indexer::run(db.clone(), shutdown_rx.clone()));
         tokio::spawn(ops::memory::run(shutdown_rx.clone()));
+        let key_usage = tokio::spawn(keys::usage::run(
+            db.clone(),
+            auth_for_maintenance.usage.clone(),
+            shutdown_rx.clone(),
+        ));
         let maintenance = tokio::spawn(maintenance_loop(
             db.clone(),
             auth_for_maintenance,
@@ -356,6 +363,7 @@ impl Application {
             postal_worker: Some(postal_worker),
             sender: Some(sender),
             maintenance,
+            key_usage: Some(key_usage),
             indexer,
             domain_checks,
             db,
@@ -402,6 +410,9 @@ impl Application {
             let _ = sender.await;
         }
         self.maintenance.abort();
+        if let Some(key_usage) = self.key_usage.take() {
+            let _ = key_usage.await;
+        }
         let _ = (&mut self.indexer).await;
         let _ = (&mut self.domain_checks).await;
         let db = self.db.clone();

@@ -358,16 +358,17 @@ fn keys_command(config: &DatabaseConfig, cmd: KeysCommand) -> ExitCode {
             let conn = db.read_blocking()?;
             let list = keys::list(&conn)?;
             println!(
-                "{:<32} {:<5} {:<15} {:<21} {:<9} NAME",
-                "ID", "MODE", "PERMISSION", "CREATED", "STATUS"
+                "{:<32} {:<5} {:<15} {:<21} {:<21} {:<9} NAME",
+                "ID", "MODE", "PERMISSION", "CREATED", "LAST USED", "STATUS"
             );
             for k in list {
                 println!(
-                    "{:<32} {:<5} {:<15} {:<21} {:<9} {}",
+                    "{:<32} {:<5} {:<15} {:<21} {:<21} {:<9} {}",
                     k.id,
                     k.mode.as_str(),
                     k.permission.as_str(),
                     time::format(k.created_at),
+                    k.last_used_at.map_or_else(|| "never".into(), time::format),
                     if k.revoked_at.is_some() {
                         "revoked"
                     } else {

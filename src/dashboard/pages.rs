@@ -611,6 +611,8 @@ struct KeysPage {
 struct KeyRow {
     key: ApiKey,
     created_at: String,
+    /// When the key was last used, or "never" (see `keys::usage`).
+    last_used_at: String,
 }
 
 async fn render_keys(
@@ -624,6 +626,9 @@ async fn render_keys(
         .into_iter()
         .map(|key| KeyRow {
             created_at: time::format(key.created_at),
+            last_used_at: key
+                .last_used_at
+                .map_or_else(|| "never".into(), time::format),
             key,
         })
         .collect();

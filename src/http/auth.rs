@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::ratelimit::RateLimiter;
+use crate::keys::usage::KeyUsage;
 use crate::keys::{self, ApiKey, Mode, Permission};
 use crate::store::Db;
 
@@ -30,6 +31,8 @@ pub struct AuthState {
     pub db: Db,
     cache: moka::sync::Cache<[u8; 32], Arc<ApiKey>>,
     pub limiter: Option<RateLimiter>,
+    /// When each key was last used (written by `keys::usage::run`).
+    pub usage: Arc<KeyUsage>,
 }
 
 impl AuthState {
@@ -41,6 +44,7 @@ impl AuthState {
                 .time_to_live(KEY_CACHE_TTL)
                 .build(),
             limiter: RateLimiter::new(requests_per_second),
+            usage: Arc::default(),
         }
     }
 
@@ -126,6 +130,7 @@ pub async fn require_api_key(
         Ok(key) => key,
         Err(err) => return Ok(req.into_response(err.error_response())),
     };
+    state.usage.note(&key.id, crate::store::time::now());
     let limits = match &state.limiter {
         Some(limiter) => match limiter.check(&key.id) {
             Ok(headers) => Some(headers),

@@ -1,4 +1,5 @@
-//! API keys: creation, listing, revocation and lookup by hash.
+//! API keys: creation, listing, revocation, lookup by hash, and when each was last used
+//! (`usage`).
 //!
 //! A key is `mf_<mode>_sk_` + 43 base62 characters (256 bits of randomness). Only its SHA-256
 //! is stored: a key is high-entropy, so a fast hash is enough (argon2 is for human passwords).
@@ -10,6 +11,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::store::{StoreError, ids, time};
+
+pub mod usage;
 
 /// Live or test: every piece of data belongs to one mode and is only seen by keys of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

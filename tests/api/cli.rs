@@ -229,6 +229,7 @@ fn keys_create_list_and_revoke() {
         .find(|l| l.ends_with(" ci"))
         .unwrap_or_else(|| panic!("no ci key in:\n{list}"));
     assert!(ci.contains("live") && ci.contains("full_access") && ci.contains("active"));
+    assert!(ci.contains("never"), "a key not used yet: {ci}");
     let sender = list.lines().find(|l| l.ends_with(" sender")).unwrap();
     assert!(sender.contains("test") && sender.contains("sending_access"));
     let id = ci.split_whitespace().next().unwrap().to_string();
@@ -364,6 +365,20 @@ fn serve_first_start_one_server_per_database_and_sigterm() {
         Some(0),
         "{}",
         server.stderr.lock().unwrap()
+    );
+
+    // The stop wrote when the key was last used: `keys list` shows it.
+    let out = run(mailsflux(dir.path()).args(["keys", "list"]));
+    let list = text(&out.stdout);
+    assert!(list.contains("LAST USED"), "{list}");
+    let used = list
+        .lines()
+        .find(|l| l.ends_with("default test key"))
+        .unwrap_or_else(|| panic!("no default key in:\n{list}"));
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert!(
+        !used.contains("never") && used.matches(&today).count() == 2,
+        "created and used today: {used}"
     );
 
     // The next start keeps the data and prints no new key.
