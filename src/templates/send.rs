@@ -150,8 +150,14 @@ impl SendRenderer {
         let Some(conn) = self.conn.as_ref() else {
             return Err(ApiError::internal());
         };
-        let found = store::load_with_layout(conn, self.mode, &TemplateRef::parse(raw))?
+        // One snapshot for the template and its layout: read apart, a commit between the
+        // two could pair a template with a layout it never had.
+        let snapshot = conn
+            .unchecked_transaction()
+            .map_err(crate::store::StoreError::from)?;
+        let found = store::load_with_layout(&snapshot, self.mode, &TemplateRef::parse(raw))?
             .map(|(template, layout)| Arc::new(Loaded { template, layout }));
+        drop(snapshot);
         self.loaded.insert(raw.to_owned(), found.clone());
         Ok(found)
     }
