@@ -2,11 +2,11 @@
 //! events, reading them back, listing with filters, canceling, and the email status that
 //! follows from its recipients' statuses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 use serde::Serialize;
 
 use super::request::{EmailDraft, EmailType};
@@ -575,16 +575,80 @@ pub fn derive_status<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> &'stat
 
 /// Recomputes and stores the status of `email_id` from its recipients.
 pub fn refresh_status(conn: &Connection, email_id: &str) -> Result<&'static str, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, count(*) FROM recipients WHERE email_id = ?1 GROUP BY status",
-    )?;
-    let counts: Vec<(String, u64)> = stmt
-        .query_map([email_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-        .collect::<Result<_, _>>()?;
-    let status = derive_status(counts.iter().map(|(s, n)| (s.as_str(), *n)));
+    let counts = status_counts(conn, &[email_id])?;
+    let status = derive_status(counts.iter().map(|(_, s, n)| (s.as_str(), *n)));
     conn.prepare_cached("UPDATE emails SET status = ?2 WHERE id = ?1 AND status != ?2")?
         .execute(params![email_id, status])?;
     Ok(status)
+}
+
+/// `(email id, recipient status, count)` of the emails `ids`.
+///
+/// The index by email and status covers only audience sends' recipients (schema.sql,
+/// step 9), the one kind of email with more than MAX_RECIPIENTS of them, and every
+/// recipient of an audience send is a contact and no other email's is. So an audience
+/// send is counted through that index, without reading its rows, and any other email
+/// through its at most fifty rows.
+fn status_counts(
+    conn: &Connection,
+    ids: &[&str],
+) -> Result<Vec<(String, String, u64)>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One email (a delivery outcome) is the writer's hot case: its statements are kept;
+    // a page of a list has as many shapes as page sizes, so those are not.
+    let keep = ids.len() == 1;
+    let placeholders = vec!["?"; ids.len()].join(",");
+    let audience_sends: HashSet<String> = rows(
+        conn,
+        &format!("SELECT id FROM emails WHERE id IN ({placeholders}) AND audience_id IS NOT NULL"),
+        keep,
+        params_from_iter(ids),
+        |r| r.get(0),
+    )?
+    .into_iter()
+    .collect();
+    let (audience, other): (Vec<&str>, Vec<&str>) =
+        ids.iter().partition(|id| audience_sends.contains(**id));
+    let mut counts = Vec::new();
+    for (group, contacts) in [(audience, "AND contact_id IS NOT NULL"), (other, "")] {
+        if group.is_empty() {
+            continue;
+        }
+        let placeholders = vec!["?"; group.len()].join(",");
+        counts.extend(rows(
+            conn,
+            &format!(
+                "SELECT email_id, status, count(*) FROM recipients
+                 WHERE email_id IN ({placeholders}) {contacts} GROUP BY email_id, status"
+            ),
+            keep,
+            params_from_iter(&group),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)),
+        )?);
+    }
+    Ok(counts)
+}
+
+/// The rows of `sql`, each made by `f`, through the connection's statement cache when
+/// `keep`.
+fn rows<T>(
+    conn: &Connection,
+    sql: &str,
+    keep: bool,
+    params: impl rusqlite::Params,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let (mut kept, mut once);
+    let stmt: &mut rusqlite::Statement<'_> = if keep {
+        kept = conn.prepare_cached(sql)?;
+        &mut kept
+    } else {
+        once = conn.prepare(sql)?;
+        &mut once
+    };
+    stmt.query_map(params, f)?.collect()
 }
 
 /// Stores the status of an email whose only recipient now has `recipient_status`: the
@@ -696,27 +760,13 @@ fn attach_recipients(conn: &Connection, views: &mut [EmailView]) -> Result<(), S
         .enumerate()
         .map(|(i, v)| (v.id.clone(), i))
         .collect();
-    let placeholders = vec!["?"; views.len()].join(",");
-    let ids: Vec<&dyn ToSql> = views.iter().map(|v| &v.id as &dyn ToSql).collect();
-    let mut counted: Vec<(usize, String, u64)> = Vec::new();
-    {
-        let sql = format!(
-            "SELECT email_id, status, count(*) FROM recipients
-             WHERE email_id IN ({placeholders}) GROUP BY email_id, status"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(ids.as_slice())?;
-        while let Some(r) = rows.next()? {
-            let email_id: String = r.get(0)?;
-            if let Some(&i) = index.get(&email_id) {
-                counted.push((i, r.get(1)?, r.get::<_, i64>(2)? as u64));
-            }
-        }
-    }
+    let wanted: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
     let mut totals = vec![0u64; views.len()];
-    for (i, status, n) in counted {
-        totals[i] += n;
-        *views[i].recipient_counts.entry(status).or_insert(0) += n;
+    for (email_id, status, n) in status_counts(conn, &wanted)? {
+        if let Some(&i) = index.get(&email_id) {
+            totals[i] += n;
+            *views[i].recipient_counts.entry(status).or_insert(0) += n;
+        }
     }
     let small: Vec<&dyn ToSql> = views
         .iter()
@@ -1053,6 +1103,60 @@ mod tests {
             .query_row("SELECT count(*) FROM recipient_addresses", [], |r| r.get(0))
             .unwrap();
         assert_eq!(copied, 4);
+    }
+
+    /// Counts come whole for both kinds of email: an audience send's through the index of
+    /// its contacts' statuses (without reading the rows), any other's from its rows.
+    #[test]
+    fn status_counts_of_audience_sends_and_other_emails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_test(dir.path());
+        db.write_blocking(|c| -> Result<(), StoreError> {
+            add_email(c, "msg_1", "test", &["a@example.org", "b@example.org"]);
+            add_email(c, "msg_2", "test", &[]);
+            c.execute(
+                "UPDATE emails SET audience_id = 'aud_1' WHERE id = 'msg_2'",
+                [],
+            )?;
+            for (n, status) in ["queued", "delivered", "delivered"].iter().enumerate() {
+                c.execute(
+                    "INSERT INTO recipients (email_id, mode, address, address_lower, domain,
+                                             kind, status, updated_at, contact_id)
+                     VALUES ('msg_2', 'test', ?1, ?1, 'example.org', 'to', ?2, 0, ?3)",
+                    params![format!("c{n}@example.org"), status, format!("con_{n}")],
+                )?;
+            }
+            c.execute(
+                "UPDATE recipients SET status = 'bounced' WHERE address = 'b@example.org'",
+                [],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let conn = db.read_blocking().unwrap();
+        let mut counts = status_counts(&conn, &["msg_1", "msg_2", "msg_9"]).unwrap();
+        counts.sort();
+        let expected: Vec<(String, String, u64)> = [
+            ("msg_1", "bounced", 1),
+            ("msg_1", "queued", 1),
+            ("msg_2", "delivered", 2),
+            ("msg_2", "queued", 1),
+        ]
+        .iter()
+        .map(|(e, s, n)| (e.to_string(), s.to_string(), *n))
+        .collect();
+        assert_eq!(counts, expected);
+        assert_eq!(status_counts(&conn, &["msg_2"]).unwrap().len(), 2);
+        let plan = crate::store::query_plan(
+            &conn,
+            "SELECT email_id, status, count(*) FROM recipients
+             WHERE email_id IN (?1) AND contact_id IS NOT NULL GROUP BY email_id, status",
+            ["msg_2"],
+        );
+        assert!(
+            plan.contains("COVERING INDEX recipients_by_email_status"),
+            "{plan}"
+        );
     }
 
     #[test]

@@ -779,6 +779,29 @@ mod tests {
         assert_eq!(left, 0);
     }
 
+    /// Migration 9 narrows the index by email and status to audience sends' recipients.
+    #[test]
+    fn migration_9_indexes_only_contacts_by_status() {
+        let mut conn = at_version(8);
+        migrate(&mut conn).unwrap();
+        let sql: Vec<String> = first_column(
+            &conn,
+            "SELECT sql FROM sqlite_master WHERE name = 'recipients_by_email_status'",
+        );
+        assert_eq!(sql.len(), 1);
+        assert!(
+            sql[0].ends_with("WHERE contact_id IS NOT NULL"),
+            "{}",
+            sql[0]
+        );
+        let plan = query_plan(
+            &conn,
+            "SELECT status, count(*) FROM recipients WHERE email_id = 'msg_1' GROUP BY status",
+            [],
+        );
+        assert!(!plan.contains("recipients_by_email_status"), "{plan}");
+    }
+
     #[test]
     fn schema_applies_and_is_idempotent() {
         let mut conn = Connection::open_in_memory().unwrap();
