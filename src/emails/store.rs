@@ -81,16 +81,8 @@ impl EmailColumns {
             cc_json: to_json(&d.cc),
             bcc_json: to_json(&d.bcc),
             reply_to_json: to_json(&d.reply_to),
-            tags_json: if d.tags.is_empty() {
-                Json::Borrowed("{}")
-            } else {
-                Json::Owned(serde_json::to_string(&d.tags).unwrap_or_else(|_| "{}".into()))
-            },
-            headers_json: if d.headers.is_empty() {
-                Json::Borrowed("[]")
-            } else {
-                Json::Owned(serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into()))
-            },
+            tags_json: json_text(&d.tags, d.tags.is_empty(), "{}"),
+            headers_json: json_text(&d.headers, d.headers.is_empty(), "[]"),
             recipients: recipient_columns(d),
         }
     }
@@ -139,13 +131,18 @@ fn recipient_columns(d: &EmailDraft) -> Vec<RecipientColumns> {
 /// A JSON column's text: most emails leave most lists empty, and those need no allocation.
 type Json = std::borrow::Cow<'static, str>;
 
+/// `value` as JSON text; `empty_text` itself, without an allocation, when it is `empty`.
+fn json_text(value: &impl Serialize, empty: bool, empty_text: &'static str) -> Json {
+    if empty {
+        return Json::Borrowed(empty_text);
+    }
+    Json::Owned(serde_json::to_string(value).unwrap_or_else(|_| empty_text.into()))
+}
+
 /// The display forms of `list` as a JSON array of strings.
 fn to_json(list: &[crate::address::Mailbox]) -> Json {
-    if list.is_empty() {
-        return Json::Borrowed("[]");
-    }
     let displays: Vec<String> = list.iter().map(|m| m.display()).collect();
-    Json::Owned(serde_json::to_string(&displays).unwrap_or_else(|_| "[]".into()))
+    json_text(&displays, list.is_empty(), "[]")
 }
 
 /// Stores one email, its recipients (each checked against the suppression list) and its

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::store::{Db, StoreError};
 
 /// How often the noted uses are written.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(60);
+const FLUSH_EVERY: Duration = Duration::from_secs(60);
 
 /// The uses noted since the last write: key id → latest Unix second.
 #[derive(Default)]
@@ -62,7 +62,7 @@ impl KeyUsage {
 }
 
 /// Sets each key's `last_used_at`, never moving it back.
-pub fn record(conn: &Connection, uses: &[(String, i64)]) -> Result<(), StoreError> {
+fn record(conn: &Connection, uses: &[(String, i64)]) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
     )?;
