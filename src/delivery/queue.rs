@@ -242,8 +242,10 @@ const NEXT_DUE: &str = "SELECT min(t) FROM (
 /// Milliseconds until the next recipient becomes due (or its lease expires), if any waits.
 /// Due times are whole seconds: one due at second `t` is claimable from the start of `t`.
 pub fn next_due_in_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    // Cached: the worker asks after every claim that found nothing.
     let next: Option<i64> = conn
-        .query_row(NEXT_DUE, [], |r| r.get(0))
+        .prepare_cached(NEXT_DUE)?
+        .query_row([], |r| r.get(0))
         .optional()?
         .flatten();
     Ok(next.map(|t| t * 1000 - time::now_ms()))

@@ -216,7 +216,9 @@ async fn send_email(
     for label in &accepted.captured {
         state.metrics.delivery(label);
     }
-    state.delivery.wake();
+    if accepted.waits_in_queue {
+        state.delivery.wake();
+    }
     Ok(json_response(StatusCode::OK, bytes))
 }
 
@@ -369,7 +371,9 @@ async fn send_batch(
             state.metrics.delivery(label);
         }
     }
-    state.delivery.wake();
+    if data.iter().any(|a| a.waits_in_queue) {
+        state.delivery.wake();
+    }
     Ok(json_response(StatusCode::OK, bytes))
 }
 

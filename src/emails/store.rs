@@ -109,6 +109,10 @@ pub struct Accepted {
     /// delivery metrics.
     #[serde(skip)]
     pub captured: Vec<&'static str>,
+    /// Whether a recipient waits in the delivery queue (not captured, not suppressed): only
+    /// then has the delivery worker anything to do, and only then is it woken.
+    #[serde(skip)]
+    pub waits_in_queue: bool,
 }
 
 fn recipient_columns(d: &EmailDraft) -> Vec<RecipientColumns> {
@@ -464,7 +468,9 @@ fn write_run(
     for (plan, settled) in run.iter().zip(&settled) {
         let e = plan.email;
         let mut captured = Vec::new();
+        let mut waits_in_queue = false;
         for (r, settled) in plan.rows.iter().zip(settled) {
+            waits_in_queue |= r.waits_in_queue();
             if let (Some(result), Some(settled)) = (&r.captured, settled) {
                 captured.push(settled.label());
                 queue::add_consequent_suppression(
@@ -482,6 +488,7 @@ fn write_run(
             status: plan.accepted_status,
             queued_at: e.created_at,
             captured,
+            waits_in_queue,
         });
     }
     Ok(())
@@ -502,6 +509,12 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
+    /// Whether the row is left for the delivery worker: queued or scheduled, and not
+    /// settled by test mode's capture.
+    fn waits_in_queue(&self) -> bool {
+        self.status != "suppressed" && self.captured.is_none()
+    }
+
     /// What test mode's capture at accept (`created_at`) makes of the recipient.
     fn settled(&self, created_at: i64) -> Option<Settled<'_>> {
         self.captured

@@ -481,12 +481,12 @@ pub fn claim_due(
 /// Milliseconds until the next piece is due (`None`: nothing scheduled).
 pub fn next_due_in_ms(conn: &Connection, now_ms: i64) -> Result<Option<i64>, StoreError> {
     // A leased piece is not due before its lease ends, whatever its next action says.
-    let next: Option<i64> = conn.query_row(
-        "SELECT min(max(next_action_at, COALESCE(lease_until + 1, 0))) FROM mail_pieces
-         WHERE next_action_at IS NOT NULL",
-        [],
-        |r| r.get(0),
-    )?;
+    let next: Option<i64> = conn
+        .prepare_cached(
+            "SELECT min(max(next_action_at, COALESCE(lease_until + 1, 0))) FROM mail_pieces
+             WHERE next_action_at IS NOT NULL",
+        )?
+        .query_row([], |r| r.get(0))?;
     Ok(next.map(|t| (t - now_ms).max(0)))
 }
 
