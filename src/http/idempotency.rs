@@ -160,10 +160,11 @@ pub struct IdempotencyRecord {
 impl IdempotencyRecord {
     /// Stores the answer; call it inside the write that creates the request's data.
     pub fn save(&self, conn: &Connection, status: u16, body: &[u8]) -> Result<(), StoreError> {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT OR REPLACE INTO idempotency_keys (mode, key, route, request_hash, status, body, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+        )?
+        .execute(params![
                 self.mode.as_str(),
                 self.key,
                 self.route,
@@ -171,8 +172,7 @@ impl IdempotencyRecord {
                 status,
                 body,
                 time::now()
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 }

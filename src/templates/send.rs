@@ -152,10 +152,8 @@ impl SendRenderer {
         };
         // One snapshot for the template and its layout: read apart, a commit between the
         // two could pair a template with a layout it never had.
-        let snapshot = conn
-            .unchecked_transaction()
-            .map_err(crate::store::StoreError::from)?;
-        let found = store::load_with_layout(&snapshot, self.mode, &TemplateRef::parse(raw))?
+        let snapshot = crate::store::Snapshot::begin(conn)?;
+        let found = store::load_with_layout(conn, self.mode, &TemplateRef::parse(raw))?
             .map(|(template, layout)| Arc::new(Loaded { template, layout }));
         drop(snapshot);
         self.loaded.insert(raw.to_owned(), found.clone());
