@@ -200,9 +200,10 @@ async fn send_email(
     })
     .await??;
     let record = claim.as_ref().map(|c| c.record());
+    // Repeatable: the closure only reads the prepared email, so it shares its savepoint.
     let (accepted, bytes) = state
         .db
-        .write(move |conn| -> Result<(Accepted, Vec<u8>), ApiError> {
+        .write_repeatable(move |conn| -> Result<(Accepted, Vec<u8>), ApiError> {
             let accepted = store::insert(conn, &prepared)?;
             let bytes = json_body(&accepted);
             if let Some(record) = &record {

@@ -5,6 +5,10 @@
 //! them in one transaction (each inside its own savepoint, so one failing job does not undo
 //! the others), commits once and only then answers each caller. That is group commit: with
 //! `synchronous = full` one fsync covers many requests, and an answer always means "on disk".
+//! Jobs that may safely run twice ([`Db::write_repeatable`], a single send's insert) share
+//! one savepoint instead: a savepoint copies each page its job changes into a journal, a
+//! fifth of the writer's work per single send. If one of them fails, the shared savepoint is
+//! rolled back and each runs again in its own, so the outcome is the same.
 //!
 //! WAL checkpoints run on their own thread and connection ([`checkpoint`]), so copying
 //! pages back into the database file never holds up the writer.
@@ -158,6 +162,19 @@ impl Db {
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         self.writer.run(f).await
+    }
+
+    /// Like [`Db::write`], for work that only reads its captures and writes to the
+    /// database, so the writer may run it twice. Many of them share one savepoint per
+    /// transaction instead of one each (see `Writer::run_repeatable`): the hot path of
+    /// single sends.
+    pub async fn write_repeatable<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.run_repeatable(f).await
     }
 
     /// Like [`Db::write`], in a transaction of its own: for big jobs, such as a batch of

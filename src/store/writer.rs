@@ -7,8 +7,8 @@ use std::thread;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use super::checkpoint::Checkpointer;
+use super::{StoreError, execute_cached};
 
 /// Called after the batch's commit with its outcome, to answer the job's caller.
 type Finish = Box<dyn FnOnce(Result<(), &str>) + Send>;
@@ -43,9 +43,76 @@ impl Ran {
     }
 }
 
+/// A job whose work may run more than once: it only reads what it captured and only
+/// touches the database. Such jobs share one savepoint per transaction instead of one each
+/// (see [`run_batch`]); a savepoint copies every page its job changes into the statement
+/// journal, which for single sends was a fifth of the writer's work.
+trait RepeatableJob: Send {
+    /// Runs the work and keeps its outcome; true when it succeeded.
+    fn attempt(&mut self, conn: &Connection) -> bool;
+    /// Makes the job's outcome this failure (its savepoint could not be managed).
+    fn fail(&mut self, error: StoreError);
+    /// Answers the caller with the kept outcome, or with the commit's failure.
+    fn finish(self: Box<Self>, commit: Result<(), &str>);
+}
+
+struct Repeatable<T, E, F> {
+    work: F,
+    reply: oneshot::Sender<Result<T, E>>,
+    outcome: Option<Result<T, E>>,
+}
+
+impl<T, E, F> RepeatableJob for Repeatable<T, E, F>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: Fn(&Connection) -> Result<T, E> + Send + 'static,
+{
+    fn attempt(&mut self, conn: &Connection) -> bool {
+        let outcome = catch_unwind(AssertUnwindSafe(|| (self.work)(conn)))
+            .unwrap_or_else(|_| Err(E::from(StoreError::Task("a write job panicked".into()))))
+            .and_then(|value| match unresolved_foreign_keys(conn) {
+                0 => Ok(value),
+                n => Err(E::from(unresolved_error(n))),
+            });
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        self.outcome = Some(Err(E::from(error)));
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &str>) {
+        let answer = match (self.outcome, commit) {
+            (Some(Ok(_)), Err(msg)) => Err(E::from(commit_failed(msg))),
+            (Some(outcome), _) => outcome,
+            (None, commit) => Err(E::from(StoreError::Task(format!(
+                "cannot begin a write transaction: {}",
+                commit.err().unwrap_or("no transaction")
+            )))),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn unresolved_error(n: i32) -> StoreError {
+    StoreError::Task(format!(
+        "the write left {n} foreign key constraint(s) unresolved \
+         (rows that point at rows that do not exist)"
+    ))
+}
+
+fn commit_failed(msg: &str) -> StoreError {
+    StoreError::Task(format!("the commit failed: {msg}"))
+}
+
 enum Msg {
     /// A job that shares its transaction with whatever else is queued.
     Job(Job),
+    /// A job that shares its transaction and may run twice (see [`RepeatableJob`]).
+    Repeatable(Box<dyn RepeatableJob>),
     /// A job that gets a transaction of its own (see [`Writer::run_alone`]).
     BigJob(Job),
     Stop,
@@ -135,7 +202,7 @@ impl Writer {
                     }));
                 };
                 let savepoint = isolation == Isolation::Savepoint;
-                if savepoint && let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                if savepoint && let Err(e) = execute_cached(conn, "SAVEPOINT job") {
                     let err = E::from(StoreError::from(e));
                     return Ran::answer(Box::new(move |_| {
                         let _ = reply.send(Err(err));
@@ -147,13 +214,10 @@ impl Writer {
                     })
                     .and_then(|value| match unresolved_foreign_keys(conn) {
                         0 => Ok(value),
-                        n => Err(E::from(StoreError::Task(format!(
-                            "the write left {n} foreign key constraint(s) unresolved \
-                             (rows that point at rows that do not exist)"
-                        )))),
+                        n => Err(E::from(unresolved_error(n))),
                     });
                 let released = match (&outcome, savepoint) {
-                    (Ok(_), true) => conn.execute_batch("RELEASE job").map_err(StoreError::from),
+                    (Ok(_), true) => execute_cached(conn, "RELEASE job").map_err(StoreError::from),
                     _ => Ok(()),
                 };
                 match (outcome, released) {
@@ -161,9 +225,7 @@ impl Writer {
                         Ran::answer(Box::new(move |commit: Result<(), &str>| {
                             let _ = reply.send(match commit {
                                 Ok(()) => Ok(value),
-                                Err(msg) => Err(E::from(StoreError::Task(format!(
-                                    "the commit failed: {msg}"
-                                )))),
+                                Err(msg) => Err(E::from(commit_failed(msg))),
                             });
                         }))
                     }
@@ -174,7 +236,8 @@ impl Writer {
                             (Ok(_), Ok(())) => unreachable!("handled above"),
                         };
                         if savepoint {
-                            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                            let _ = execute_cached(conn, "ROLLBACK TO job")
+                                .and_then(|()| execute_cached(conn, "RELEASE job"));
                             rolled_back();
                         }
                         Ran {
@@ -209,6 +272,26 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         self.queue(Msg::BigJob, f).await
+    }
+
+    /// Like [`Writer::run`] for work that may run more than once (see [`RepeatableJob`]):
+    /// `f` must only read its captures and write to the database.
+    pub async fn run_repeatable<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Repeatable {
+            work: f,
+            reply,
+            outcome: None,
+        };
+        self.tx
+            .send(Msg::Repeatable(Box::new(job)))
+            .map_err(|_| E::from(StoreError::WriterGone))?;
+        answer.await.map_err(|_| E::from(StoreError::WriterGone))?
     }
 
     async fn queue<T, E, F>(&self, kind: fn(Job) -> Msg, f: F) -> Result<T, E>
@@ -250,10 +333,31 @@ impl Writer {
     }
 }
 
+/// The jobs gathered for one transaction.
+#[derive(Default)]
+struct Group {
+    jobs: Vec<Job>,
+    repeatables: Vec<Box<dyn RepeatableJob>>,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.jobs.len() + self.repeatables.len()
+    }
+
+    fn push(&mut self, msg: Msg) {
+        match msg {
+            Msg::Job(job) | Msg::BigJob(job) => self.jobs.push(job),
+            Msg::Repeatable(job) => self.repeatables.push(job),
+            Msg::Stop => {}
+        }
+    }
+}
+
 fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::UnboundedReceiver<Msg>) {
     // Dropped before `conn` (a parameter outlives the locals), as it must be.
     let _kept = super::rows::keep_statements(&conn);
-    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut group = Group::default();
     // A message taken from the queue that could not join the transaction being gathered.
     let mut held: Option<Msg> = None;
     loop {
@@ -264,24 +368,23 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::Unbou
                 None => break,
             },
         };
-        match first {
+        let shares = match first {
             Msg::Stop => break,
-            Msg::BigJob(job) => jobs.push(job),
-            Msg::Job(job) => {
-                jobs.push(job);
-                while jobs.len() < MAX_JOBS_PER_COMMIT {
-                    match rx.try_recv() {
-                        Ok(Msg::Job(job)) => jobs.push(job),
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+            Msg::BigJob(_) => false,
+            Msg::Job(_) | Msg::Repeatable(_) => true,
+        };
+        group.push(first);
+        while shares && group.len() < MAX_JOBS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(msg @ (Msg::Job(_) | Msg::Repeatable(_))) => group.push(msg),
+                Ok(other) => {
+                    held = Some(other);
+                    break;
                 }
+                Err(_) => break,
             }
         }
-        run_batch(&conn, &mut jobs);
+        run_batch(&conn, &mut group);
         checkpointer.committed();
         if checkpointer.restart_due() {
             // Between two transactions, so this checkpoint can finish and the next
@@ -301,32 +404,34 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, mut rx: mpsc::Unbou
     // Jobs that arrived after Stop still get an answer.
     rx.close();
     while let Ok(msg) = rx.try_recv() {
-        if let Msg::Job(job) | Msg::BigJob(job) = msg {
-            jobs.push(job);
-        }
+        group.push(msg);
     }
-    if !jobs.is_empty() {
-        run_batch(&conn, &mut jobs);
+    if group.len() > 0 {
+        run_batch(&conn, &mut group);
     }
     let _ = conn.execute_batch("PRAGMA optimize");
 }
 
-fn run_batch(conn: &Connection, jobs: &mut Vec<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+fn run_batch(conn: &Connection, group: &mut Group) {
+    if let Err(e) = execute_cached(conn, "BEGIN IMMEDIATE") {
         let msg = e.to_string();
         tracing::error!(error = %msg, "cannot begin a write transaction");
-        for job in jobs.drain(..) {
+        for job in group.jobs.drain(..) {
             (job(None, Isolation::Alone).finish)(Err(&msg));
+        }
+        for job in group.repeatables.drain(..) {
+            job.finish(Err(&msg));
         }
         return;
     }
-    let isolation = if jobs.len() == 1 {
+    let isolation = if group.len() == 1 {
         Isolation::Alone
     } else {
         Isolation::Savepoint
     };
     let mut rollback = false;
-    let finishes: Vec<Finish> = jobs
+    let finishes: Vec<Finish> = group
+        .jobs
         .drain(..)
         .map(|job| {
             let ran = job(Some(conn), isolation);
@@ -334,32 +439,77 @@ fn run_batch(conn: &Connection, jobs: &mut Vec<Job>) {
             ran.finish
         })
         .collect();
-    if rollback {
-        // The one job of this transaction failed: nothing of it is kept.
-        let _ = conn.execute_batch("ROLLBACK");
-        rolled_back();
-        for finish in finishes {
-            finish(Ok(()));
-        }
-        return;
+    let mut repeatables = std::mem::take(&mut group.repeatables);
+    if !repeatables.is_empty() {
+        rollback |= !attempt_repeatables(conn, &mut repeatables, isolation);
     }
-    let commit = conn.execute_batch("COMMIT");
-    match commit {
-        Ok(()) => {
-            for finish in finishes {
-                finish(Ok(()));
-            }
-        }
-        Err(e) => {
+    let commit = if rollback {
+        // The one job of this transaction failed: nothing of it is kept.
+        let _ = execute_cached(conn, "ROLLBACK");
+        rolled_back();
+        Ok(())
+    } else {
+        execute_cached(conn, "COMMIT").map_err(|e| {
             let msg = e.to_string();
             tracing::error!(error = %msg, "a group commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = execute_cached(conn, "ROLLBACK");
             rolled_back();
-            for finish in finishes {
-                finish(Err(&msg));
-            }
+            msg
+        })
+    };
+    let commit = commit.as_ref().map_err(String::as_str).copied();
+    for finish in finishes {
+        finish(commit);
+    }
+    for job in repeatables.drain(..) {
+        job.finish(commit);
+    }
+    // The vector's room is kept for the next transaction.
+    group.repeatables = repeatables;
+}
+
+/// Runs the repeatable jobs of a transaction under one shared savepoint. When one fails,
+/// the savepoint is rolled back and each runs again under its own, so that only the
+/// failing ones fail, as if they had been alone. Returns false when the job of a
+/// transaction it has to itself ([`Isolation::Alone`]) failed: the caller rolls back.
+fn attempt_repeatables(
+    conn: &Connection,
+    jobs: &mut [Box<dyn RepeatableJob>],
+    isolation: Isolation,
+) -> bool {
+    if isolation == Isolation::Alone {
+        return jobs.iter_mut().all(|job| job.attempt(conn));
+    }
+    if execute_cached(conn, "SAVEPOINT shared").is_ok() {
+        if jobs.iter_mut().all(|job| job.attempt(conn))
+            && execute_cached(conn, "RELEASE shared").is_ok()
+        {
+            return true;
+        }
+        let _ = execute_cached(conn, "ROLLBACK TO shared")
+            .and_then(|()| execute_cached(conn, "RELEASE shared"));
+        rolled_back();
+    }
+    for job in jobs.iter_mut() {
+        if let Err(e) = execute_cached(conn, "SAVEPOINT job") {
+            job.fail(StoreError::from(e));
+            continue;
+        }
+        let kept = job.attempt(conn)
+            && match execute_cached(conn, "RELEASE job") {
+                Ok(()) => true,
+                Err(e) => {
+                    job.fail(StoreError::from(e));
+                    false
+                }
+            };
+        if !kept {
+            let _ = execute_cached(conn, "ROLLBACK TO job")
+                .and_then(|()| execute_cached(conn, "RELEASE job"));
+            rolled_back();
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -454,6 +604,119 @@ mod tests {
             .query_row("SELECT count(*) FROM email_contents", [], |r| r.get(0))
             .unwrap();
         assert_eq!(orphans, 0);
+        db.close();
+    }
+
+    /// Repeatable jobs share one savepoint; when one of them fails (an error, a panic, a
+    /// broken foreign key) they are undone and run again each in its own, so that exactly
+    /// the failing ones fail and the others keep their rows.
+    #[test]
+    fn repeatable_jobs_that_fail_fail_alone() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_test(dir.path());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Holds the writer until every job is queued, so that they share one transaction.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let hold = db.write(move |_| -> Result<(), StoreError> {
+            let _ = gate.recv();
+            Ok(())
+        });
+        let runs = Arc::new(AtomicUsize::new(0));
+        let job = |i: usize| {
+            let db = db.clone();
+            let runs = runs.clone();
+            async move {
+                db.write_repeatable(move |c| -> Result<(), StoreError> {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    c.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, 'x')",
+                        [format!("rep-{i}")],
+                    )?;
+                    match i % 5 {
+                        1 => Err(StoreError::Task("the job changed its mind".into())),
+                        2 if i == 2 => panic!("a job panics"),
+                        3 if i == 3 => {
+                            c.execute(
+                                "INSERT INTO email_contents (email_id, raw) VALUES ('msg_none', x'00')",
+                                [],
+                            )?;
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            }
+        };
+        let results = runtime.block_on(async {
+            let jobs = futures_util::future::join_all((0..16).map(job));
+            let (held, results, ()) = tokio::join!(hold, jobs, async {
+                tokio::task::yield_now().await;
+                release.send(()).unwrap();
+            });
+            held.unwrap();
+            results
+        });
+        let failing = |i: usize| i % 5 == 1 || i == 2 || i == 3;
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_err(), failing(i), "job {i}: {result:?}");
+            assert_eq!(
+                settings_count(&db, &format!("rep-{i}")),
+                i64::from(!failing(i))
+            );
+        }
+        // A failure in the shared savepoint made every job run a second time.
+        assert!(
+            runs.load(Ordering::SeqCst) > 16,
+            "the jobs were never run again"
+        );
+        let orphans: i64 = db
+            .read_blocking()
+            .unwrap()
+            .query_row("SELECT count(*) FROM email_contents", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0);
+        db.close();
+    }
+
+    /// Without failures, repeatable jobs run once, and a lone failing one rolls back its
+    /// own transaction.
+    #[test]
+    fn repeatable_jobs_run_once_when_all_succeed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_test(dir.path());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let job = |key: String, fail: bool| {
+            let db = db.clone();
+            let runs = runs.clone();
+            async move {
+                db.write_repeatable(move |c| -> Result<(), StoreError> {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    c.execute("INSERT INTO settings (key, value) VALUES (?1, 'x')", [&key])?;
+                    if fail {
+                        return Err(StoreError::Task("no".into()));
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        };
+        let results = runtime.block_on(futures_util::future::join_all(
+            (0..16).map(|i| job(format!("ok-{i}"), false)),
+        ));
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(runs.load(Ordering::SeqCst), 16);
+        assert!(runtime.block_on(job("lone".into(), true)).is_err());
+        assert_eq!(settings_count(&db, "lone"), 0);
         db.close();
     }
 
