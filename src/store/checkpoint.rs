@@ -229,7 +229,7 @@ fn run(
                 if long {
                     // The writer's restart syncs the WAL and then the database file: what
                     // is dirty in them now need not wait for it.
-                    sync_files(&wal_path, db_file.as_ref());
+                    sync_files(wal_path, db_file.as_ref());
                 }
                 progress.log_frames.store(log, Ordering::Release);
                 progress.handovers.fetch_add(1, Ordering::AcqRel);

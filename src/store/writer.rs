@@ -69,12 +69,7 @@ where
     F: Fn(&Connection) -> Result<T, E> + Send + 'static,
 {
     fn attempt(&mut self, conn: &Connection) -> bool {
-        let outcome = catch_unwind(AssertUnwindSafe(|| (self.work)(conn)))
-            .unwrap_or_else(|_| Err(E::from(StoreError::Task("a write job panicked".into()))))
-            .and_then(|value| match unresolved_foreign_keys(conn) {
-                0 => Ok(value),
-                n => Err(E::from(unresolved_error(n))),
-            });
+        let outcome = run_checked(conn, &self.work);
         let ok = outcome.is_ok();
         self.outcome = Some(outcome);
         ok
@@ -97,11 +92,24 @@ where
     }
 }
 
-fn unresolved_error(n: i32) -> StoreError {
-    StoreError::Task(format!(
-        "the write left {n} foreign key constraint(s) unresolved \
-         (rows that point at rows that do not exist)"
-    ))
+/// Runs a job's work: a panic becomes an error, and so does a deferred foreign key the
+/// work left unresolved (see [`unresolved_foreign_keys`]), so that the job fails by itself.
+fn run_checked<T, E>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    catch_unwind(AssertUnwindSafe(|| work(conn)))
+        .unwrap_or_else(|_| Err(E::from(StoreError::Task("a write job panicked".into()))))
+        .and_then(|value| match unresolved_foreign_keys(conn) {
+            0 => Ok(value),
+            n => Err(E::from(StoreError::Task(format!(
+                "the write left {n} foreign key constraint(s) unresolved \
+                 (rows that point at rows that do not exist)"
+            )))),
+        })
 }
 
 fn commit_failed(msg: &str) -> StoreError {
@@ -208,14 +216,7 @@ impl Writer {
                         let _ = reply.send(Err(err));
                     }));
                 }
-                let outcome = catch_unwind(AssertUnwindSafe(|| f(conn)))
-                    .unwrap_or_else(|_| {
-                        Err(E::from(StoreError::Task("a write job panicked".into())))
-                    })
-                    .and_then(|value| match unresolved_foreign_keys(conn) {
-                        0 => Ok(value),
-                        n => Err(E::from(unresolved_error(n))),
-                    });
+                let outcome = run_checked(conn, f);
                 let released = match (&outcome, savepoint) {
                     (Ok(_), true) => execute_cached(conn, "RELEASE job").map_err(StoreError::from),
                     _ => Ok(()),
@@ -598,13 +599,52 @@ mod tests {
         assert!(err.contains("foreign key"), "{err}");
         assert_eq!(settings_count(&db, "alone"), 0);
         sixteen_at_once(&db, 3, orphan);
-        let orphans: i64 = db
-            .read_blocking()
+        assert_eq!(contents_count(&db), 0);
+        db.close();
+    }
+
+    /// Rows of `email_contents` (none exists in these tests but an orphan left behind).
+    fn contents_count(db: &Db) -> i64 {
+        db.read_blocking()
             .unwrap()
             .query_row("SELECT count(*) FROM email_contents", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(orphans, 0);
-        db.close();
+            .unwrap()
+    }
+
+    /// A repeatable job that counts its runs in `runs`, inserts `key` into `settings`, then
+    /// does `then` (which may fail, panic or leave an orphan row).
+    async fn counted_insert(
+        db: Db,
+        runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        key: String,
+        then: fn(&rusqlite::Connection) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        db.write_repeatable(move |c| -> Result<(), StoreError> {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            c.execute("INSERT INTO settings (key, value) VALUES (?1, 'x')", [&key])?;
+            then(c)
+        })
+        .await
+    }
+
+    fn succeed(_: &rusqlite::Connection) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn change_mind(_: &rusqlite::Connection) -> Result<(), StoreError> {
+        Err(StoreError::Task("the job changed its mind".into()))
+    }
+
+    fn panic_midway(_: &rusqlite::Connection) -> Result<(), StoreError> {
+        panic!("a job panics")
+    }
+
+    fn leave_orphan(c: &rusqlite::Connection) -> Result<(), StoreError> {
+        c.execute(
+            "INSERT INTO email_contents (email_id, raw) VALUES ('msg_none', x'00')",
+            [],
+        )?;
+        Ok(())
     }
 
     /// Repeatable jobs share one savepoint; when one of them fails (an error, a panic, a
@@ -625,35 +665,18 @@ mod tests {
             let _ = gate.recv();
             Ok(())
         });
-        let runs = Arc::new(AtomicUsize::new(0));
-        let job = |i: usize| {
-            let db = db.clone();
-            let runs = runs.clone();
-            async move {
-                db.write_repeatable(move |c| -> Result<(), StoreError> {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    c.execute(
-                        "INSERT INTO settings (key, value) VALUES (?1, 'x')",
-                        [format!("rep-{i}")],
-                    )?;
-                    match i % 5 {
-                        1 => Err(StoreError::Task("the job changed its mind".into())),
-                        2 if i == 2 => panic!("a job panics"),
-                        3 if i == 3 => {
-                            c.execute(
-                                "INSERT INTO email_contents (email_id, raw) VALUES ('msg_none', x'00')",
-                                [],
-                            )?;
-                            Ok(())
-                        }
-                        _ => Ok(()),
-                    }
-                })
-                .await
-            }
+        let then = |i: usize| match i {
+            2 => panic_midway,
+            3 => leave_orphan,
+            i if i % 5 == 1 => change_mind,
+            _ => succeed,
         };
+        let runs = Arc::new(AtomicUsize::new(0));
         let results = runtime.block_on(async {
-            let jobs = futures_util::future::join_all((0..16).map(job));
+            let jobs =
+                futures_util::future::join_all((0..16).map(|i| {
+                    counted_insert(db.clone(), runs.clone(), format!("rep-{i}"), then(i))
+                }));
             let (held, results, ()) = tokio::join!(hold, jobs, async {
                 tokio::task::yield_now().await;
                 release.send(()).unwrap();
@@ -674,12 +697,7 @@ mod tests {
             runs.load(Ordering::SeqCst) > 16,
             "the jobs were never run again"
         );
-        let orphans: i64 = db
-            .read_blocking()
-            .unwrap()
-            .query_row("SELECT count(*) FROM email_contents", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(orphans, 0);
+        assert_eq!(contents_count(&db), 0);
         db.close();
     }
 
@@ -695,27 +713,14 @@ mod tests {
             .build()
             .unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
-        let job = |key: String, fail: bool| {
-            let db = db.clone();
-            let runs = runs.clone();
-            async move {
-                db.write_repeatable(move |c| -> Result<(), StoreError> {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    c.execute("INSERT INTO settings (key, value) VALUES (?1, 'x')", [&key])?;
-                    if fail {
-                        return Err(StoreError::Task("no".into()));
-                    }
-                    Ok(())
-                })
-                .await
-            }
-        };
-        let results = runtime.block_on(futures_util::future::join_all(
-            (0..16).map(|i| job(format!("ok-{i}"), false)),
-        ));
+        let results =
+            runtime.block_on(futures_util::future::join_all((0..16).map(|i| {
+                counted_insert(db.clone(), runs.clone(), format!("ok-{i}"), succeed)
+            })));
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(runs.load(Ordering::SeqCst), 16);
-        assert!(runtime.block_on(job("lone".into(), true)).is_err());
+        let lone = counted_insert(db.clone(), runs.clone(), "lone".into(), change_mind);
+        assert!(runtime.block_on(lone).is_err());
         assert_eq!(settings_count(&db, "lone"), 0);
         db.close();
     }
