@@ -303,8 +303,7 @@ fn plan_for(
         .senders
         .for_email(p.mode, draft.from.address.domain())
         .ok()
-        .flatten()
-        .map(Arc::new);
+        .flatten();
     CopyPlan::new(
         p.mode,
         &p.email_id,

@@ -208,7 +208,7 @@ async fn create_domain(
         })?;
     let name2 = name.clone();
     let inserted = state
-        .db
+        .domains
         .write(move |c| {
             store::insert(
                 c,
@@ -309,14 +309,13 @@ async fn delete_domain(
     }
     let id2 = id.clone();
     let deleted = state
-        .db
+        .domains
         .write(move |c| store::delete(c, mode, &id2))
         .await
         .map_err(ApiError::from)?;
     if !deleted {
         return Err(not_found(&id, mode));
     }
-    state.domains.senders.forget(&id);
     Ok(crate::http::deleted_response("id", &id))
 }
 
