@@ -164,6 +164,8 @@ async fn send_email(
     req: HttpRequest,
     body: ApiJson<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    // Lets the writer's transaction wait for this send while it is prepared.
+    let expected = state.db.expect_write();
     let claim = match idempotency::begin(
         &state.db,
         &state.in_flight,
@@ -201,9 +203,8 @@ async fn send_email(
     .await??;
     let record = claim.as_ref().map(|c| c.record());
     // Repeatable: the closure only reads the prepared email, so it shares its savepoint.
-    let (accepted, bytes) = state
-        .db
-        .write_repeatable(move |conn| -> Result<(Accepted, Vec<u8>), ApiError> {
+    let (accepted, bytes) = expected
+        .run_repeatable(move |conn| -> Result<(Accepted, Vec<u8>), ApiError> {
             let accepted = store::insert(conn, &prepared)?;
             let bytes = json_body(&accepted);
             if let Some(record) = &record {

@@ -8,7 +8,10 @@
 //! Jobs that may safely run twice ([`Db::write_repeatable`], a single send's insert) share
 //! one savepoint instead: a savepoint copies each page its job changes into a journal, a
 //! fifth of the writer's work per single send. If one of them fails, the shared savepoint is
-//! rolled back and each runs again in its own, so the outcome is the same.
+//! rolled back and each runs again in its own, so the outcome is the same. A request that
+//! will write announces it ([`Db::expect_write`]), and the writer holds its next transaction
+//! open up to a couple of milliseconds for such writes, so that concurrent single sends
+//! share a commit instead of each rewriting the same pages into the WAL.
 //!
 //! WAL checkpoints run on their own thread and connection ([`checkpoint`]), so copying
 //! pages back into the database file never holds up the writer.
@@ -27,7 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
 use crate::config::{DatabaseConfig, Synchronous};
-pub use writer::{Writer, rollback_epoch};
+pub use writer::{ExpectedWrite, Writer, rollback_epoch};
 
 /// The schema, embedded: `schema.sql` at the top of the repository.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
@@ -106,7 +109,7 @@ impl Db {
             .max_size(8)
             .min_idle(Some(1))
             .build(manager)?;
-        let writer = Writer::start(conn, checkpointer);
+        let writer = Writer::start(conn, checkpointer, writer::GATHER_WINDOW);
         Ok(Db {
             readers,
             writer,
@@ -175,6 +178,13 @@ impl Db {
         F: Fn(&Connection) -> Result<T, E> + Send + 'static,
     {
         self.writer.run_repeatable(f).await
+    }
+
+    /// Announces a write the caller is about to queue with [`ExpectedWrite::run_repeatable`]
+    /// (a single send, while it is prepared): the writer's transaction gathers a moment
+    /// longer for it, so concurrent sends share fewer, larger commits.
+    pub fn expect_write(&self) -> ExpectedWrite {
+        self.writer.expect()
     }
 
     /// Like [`Db::write`], in a transaction of its own: for big jobs, such as a batch of
