@@ -241,7 +241,9 @@ impl Application {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
 
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.observe_writer(db.writer_stats());
+        let metrics = Arc::new(metrics);
         let delivery = DeliveryHandle::default();
         let nameservers: Vec<std::net::SocketAddr> =
             config.dns.nameservers.iter().map(|n| n.0).collect();

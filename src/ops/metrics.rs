@@ -1,10 +1,13 @@
 //! Prometheus metrics (`GET /metrics`). Counters are updated where things happen; gauges that
 //! a query answers better (queue depth, age of the oldest due recipient) are read at scrape.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -112,6 +115,13 @@ impl Metrics {
         }
     }
 
+    /// Adds the database writer's counters: `mailsflux_db_transactions_total` and
+    /// `mailsflux_db_write_jobs_total` (their ratio is how many writes a group commit shares).
+    pub fn observe_writer(&mut self, stats: Arc<crate::store::WriterStats>) {
+        self.registry
+            .register_collector(Box::new(WriterCollector(stats)));
+    }
+
     /// True (and the clock restarted) when the queue gauges are older than a second.
     pub fn queue_stale(&self) -> bool {
         let mut at = self
@@ -159,5 +169,32 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Reads the writer's counters at each scrape (they live in the store, which knows nothing
+/// of Prometheus).
+#[derive(Debug)]
+struct WriterCollector(Arc<crate::store::WriterStats>);
+
+impl Collector for WriterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "db_transactions",
+                "Write transactions run by the database writer (group commits)",
+                self.0.transactions(),
+            ),
+            (
+                "db_write_jobs",
+                "Writes run in those transactions (group commit shares a transaction between them)",
+                self.0.jobs(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

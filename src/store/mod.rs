@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
 use crate::config::{DatabaseConfig, Synchronous};
-pub use writer::{ExpectedWrite, Writer, rollback_epoch};
+pub use writer::{ExpectedWrite, Writer, WriterStats, rollback_epoch};
 
 /// The schema, embedded: `schema.sql` at the top of the repository.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
@@ -178,6 +178,11 @@ impl Db {
         F: Fn(&Connection) -> Result<T, E> + Send + 'static,
     {
         self.writer.run_repeatable(f).await
+    }
+
+    /// The writer's transactions and jobs so far (`/metrics`).
+    pub fn writer_stats(&self) -> Arc<WriterStats> {
+        self.writer.stats()
     }
 
     /// Announces a write the caller is about to queue with [`ExpectedWrite::run_repeatable`]

@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -193,6 +193,27 @@ pub struct Writer {
     thread: Arc<std::sync::Mutex<Option<thread::JoinHandle<()>>>>,
     /// Requests holding an [`ExpectedWrite`].
     expected: Arc<AtomicUsize>,
+    stats: Arc<WriterStats>,
+}
+
+/// What the writer has done so far, for `/metrics`: jobs per transaction is how much
+/// group commit is sharing.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    transactions: AtomicU64,
+    jobs: AtomicU64,
+}
+
+impl WriterStats {
+    /// Transactions run (each one commit, or one rollback of a lone failed job).
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Jobs run in them.
+    pub fn jobs(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
 }
 
 /// A write a request is about to queue (a single send, while it is being prepared): the
@@ -230,9 +251,11 @@ impl Writer {
     pub fn start(conn: Connection, checkpointer: Checkpointer, gather_window: Duration) -> Writer {
         let (tx, rx) = mpsc::channel();
         let expected = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(WriterStats::default());
         let incoming = Incoming {
             rx,
             expected: expected.clone(),
+            stats: stats.clone(),
         };
         let handle = thread::Builder::new()
             .name("mailsflux-db-writer".into())
@@ -242,7 +265,13 @@ impl Writer {
             tx,
             thread: Arc::new(std::sync::Mutex::new(Some(handle))),
             expected,
+            stats,
         }
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
     }
 
     /// Announces a write this caller is about to queue (see [`ExpectedWrite`]).
@@ -425,10 +454,12 @@ impl Group {
     }
 }
 
-/// The writer's end of the queue, and the count of writes on their way to it.
+/// The writer's end of the queue, the count of writes on their way to it, and what the
+/// writer tells of its work.
 struct Incoming {
     rx: mpsc::Receiver<Msg>,
     expected: Arc<AtomicUsize>,
+    stats: Arc<WriterStats>,
 }
 
 impl Incoming {
@@ -488,7 +519,10 @@ fn writer_loop(conn: Connection, checkpointer: Checkpointer, incoming: Incoming,
             }
         }
         last_start = Instant::now();
+        let jobs = group.len() as u64;
         run_batch(&conn, &mut group);
+        incoming.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        incoming.stats.jobs.fetch_add(jobs, Ordering::Relaxed);
         checkpointer.committed();
         if checkpointer.restart_due() {
             // Between two transactions, so this checkpoint can finish and the next

@@ -468,6 +468,12 @@ async fn metrics_count_requests_and_accepted_emails() {
         "{text}"
     );
     assert!(text.contains("mailsflux_queue_depth"), "{text}");
+    // The writer's work: at least the three accepted sends, in as many transactions or
+    // fewer (group commit), plus the start-up's own writes.
+    let transactions = value("mailsflux_db_transactions_total ", &[]);
+    let jobs = value("mailsflux_db_write_jobs_total ", &[]);
+    assert!(transactions >= 1.0, "{text}");
+    assert!(jobs >= 3.0 && jobs >= transactions, "{text}");
     assert!(
         text.contains("mailsflux_http_request_duration_seconds"),
         "{text}"
