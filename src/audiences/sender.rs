@@ -152,7 +152,7 @@ pub async fn accept(
             mode,
             &key_id,
             draft,
-            &mut domains.senders.lookup(),
+            &domains.senders,
             crate::store::ids::new_id("msg"),
         )?;
         prepared.raw.clear();

@@ -144,11 +144,9 @@ impl Senders {
     ///
     /// Blocking on a cache miss (reads the database, parses the key): call it off the async
     /// threads, as `emails::prepare` is.
-    pub fn for_email(
-        &self,
-        mode: Mode,
-        from_domain: &str,
-    ) -> Result<Option<Arc<Sender>>, ApiError> {
+    /// The emails of a batch mostly share their From domain: after the first, each is one
+    /// map lookup.
+    pub fn for_email(&self, mode: Mode, from_domain: &str) -> SenderAnswer {
         let key = (mode, from_domain.to_ascii_lowercase());
         let generation = {
             let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
@@ -206,27 +204,10 @@ impl Senders {
             key,
         })))
     }
-
-    /// A lookup for the emails of one request (see [`SenderLookup`]).
-    pub fn lookup(&self) -> SenderLookup<'_> {
-        SenderLookup {
-            senders: self,
-            seen: HashMap::new(),
-        }
-    }
 }
 
-/// [`Senders::for_email`] with its answers kept for the rest of one request: the emails of
-/// a batch mostly share their From domain, whose row is then read once instead of once per
-/// email (a fifth of preparing a batch went to those reads). A domain changed while the
-/// request is prepared is seen by the next request, as if that change came a moment later.
-pub struct SenderLookup<'a> {
-    senders: &'a Senders,
-    seen: HashMap<(Mode, String), SenderAnswer>,
-}
-
-/// What [`SenderLookup::for_email`] answers: the sender, none (not a sending domain), or
-/// the refusal of an unverified one.
+/// What [`Senders::for_email`] answers: the sender, none (not a sending domain), or the
+/// refusal of an unverified one.
 type SenderAnswer = Result<Option<Arc<Sender>>, ApiError>;
 
 /// Forgets every answer of [`Senders`]: a domain was added, deleted or checked (and that
@@ -244,19 +225,6 @@ impl Resolved {
             Resolved::Unsigned => Ok(None),
             Resolved::Refused(error) => Err(error),
         }
-    }
-}
-
-impl SenderLookup<'_> {
-    /// The sender of an email from `from_domain`, as [`Senders::for_email`] answers.
-    pub fn for_email(&mut self, mode: Mode, from_domain: &str) -> SenderAnswer {
-        let key = (mode, from_domain.to_ascii_lowercase());
-        if let Some(answer) = self.seen.get(&key) {
-            return answer.clone();
-        }
-        let answer = self.senders.for_email(mode, &key.1);
-        self.seen.insert(key, answer.clone());
-        answer
     }
 }
 

@@ -9,7 +9,7 @@ pub mod request;
 pub mod routes;
 pub mod store;
 
-use crate::domains::SenderLookup;
+use crate::domains::Senders;
 use crate::http::ApiError;
 use crate::keys::Mode;
 use crate::store::time;
@@ -27,7 +27,7 @@ pub fn prepare(
     mode: Mode,
     api_key_id: &str,
     draft: EmailDraft,
-    senders: &mut SenderLookup<'_>,
+    senders: &Senders,
     id: String,
 ) -> Result<PreparedEmail, ApiError> {
     let sender = senders.for_email(mode, draft.from.address.domain())?;

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::request::SendRequest;
 use super::store::{self, Accepted, CancelOutcome, ListFilter, PreparedEmail};
 use crate::AppState;
-use crate::domains::SenderLookup;
+use crate::domains::Senders;
 use crate::http::idempotency::{self, Begin};
 use crate::http::{
     ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
@@ -44,7 +44,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 fn prepare_one(
     auth: &Authenticated,
     templates: &mut SendRenderer,
-    senders: &mut SenderLookup<'_>,
+    senders: &Senders,
     links: &Links,
     mut request: SendRequest,
     id: String,
@@ -111,7 +111,6 @@ async fn prepare_batch(
         chunks.push(blocking(move || {
             let mut prepared = Vec::with_capacity(part.len());
             let mut errors = Vec::new();
-            let mut senders = state.domains.senders.lookup();
             for (offset, (item, id)) in part.into_iter().enumerate() {
                 let result = crate::http::json::parse_item::<SendRequest>(&item).and_then(|r| {
                     if r.audience_id.is_some() {
@@ -120,7 +119,7 @@ async fn prepare_batch(
                         )
                         .with_field("audience_id"));
                     }
-                    prepare_one(&auth, &mut templates, &mut senders, &links, r, id)
+                    prepare_one(&auth, &mut templates, &state.domains.senders, &links, r, id)
                 });
                 match result {
                     Ok(p) => prepared.push(p),
@@ -199,8 +198,14 @@ async fn send_email(
     let links = links(&state);
     let prepared = blocking(move || {
         let id = crate::store::ids::new_id("msg");
-        let mut senders = state2.domains.senders.lookup();
-        prepare_one(&auth2, &mut templates, &mut senders, &links, value, id)
+        prepare_one(
+            &auth2,
+            &mut templates,
+            &state2.domains.senders,
+            &links,
+            value,
+            id,
+        )
     })
     .await??;
     let record = claim.as_ref().map(|c| c.record());

@@ -94,7 +94,10 @@ impl Checkpointer {
             .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
             .map_or(4096, |size| size.max(512) as u64);
         let (tx, rx) = sync_channel(1);
-        let thread_wal_path = wal_path.clone();
+        let wal = WalFile {
+            path: wal_path.clone(),
+            file: None,
+        };
         let progress = Arc::new(Progress::default());
         let shared = progress.clone();
         let frames = Frames {
@@ -103,7 +106,7 @@ impl Checkpointer {
         };
         thread::Builder::new()
             .name("mailsflux-db-checkpoint".into())
-            .spawn(move || run(conn, db_file, &thread_wal_path, rx, &shared, frames))
+            .spawn(move || run(conn, db_file, wal, rx, &shared, frames))
             .expect("spawning the database checkpoint thread");
         Checkpointer {
             tx,
@@ -179,21 +182,28 @@ fn start_writeback(file: &std::fs::File) {
     let _ = file;
 }
 
+/// The WAL file, opened when the thread first needs it. It lives as long as the database
+/// is open (a restart overwrites it from its beginning), so one handle serves.
+struct WalFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl WalFile {
+    fn get(&mut self) -> std::io::Result<&std::fs::File> {
+        match self.file {
+            Some(ref file) => Ok(file),
+            None => Ok(self.file.insert(std::fs::File::open(&self.path)?)),
+        }
+    }
+}
+
 /// Waits out [`PERIOD`] after a pass, starting the writeback of both files meanwhile.
-fn wait_for_next_pass(
-    wal_path: &std::path::Path,
-    wal: &mut Option<std::fs::File>,
-    db_file: Option<&std::fs::File>,
-) {
+fn wait_for_next_pass(wal: &mut WalFile, db_file: Option<&std::fs::File>) {
     let started = Instant::now();
     while let Some(left) = PERIOD.checked_sub(started.elapsed()) {
         thread::sleep(left.min(WRITEBACK_EVERY));
-        if wal.is_none() {
-            // The WAL file lives as long as the database is open (a restart overwrites it
-            // from its beginning), so one handle serves.
-            *wal = std::fs::File::open(wal_path).ok();
-        }
-        if let Some(wal) = wal {
+        if let Ok(wal) = wal.get() {
             start_writeback(wal);
         }
         if let Some(db_file) = db_file {
@@ -203,8 +213,8 @@ fn wait_for_next_pass(
 }
 
 /// Syncs the WAL file, then the database file (the order of a checkpoint's syncs).
-fn sync_files(wal_path: &std::path::Path, db_file: Option<&std::fs::File>) {
-    let wal = std::fs::File::open(wal_path).and_then(|f| f.sync_data());
+fn sync_files(wal: &mut WalFile, db_file: Option<&std::fs::File>) {
+    let wal = wal.get().and_then(std::fs::File::sync_data);
     let db = db_file.map_or(Ok(()), std::fs::File::sync_data);
     if let Err(e) = wal.and(db) {
         tracing::warn!(error = %e, "syncing the database files failed");
@@ -214,14 +224,13 @@ fn sync_files(wal_path: &std::path::Path, db_file: Option<&std::fs::File>) {
 fn run(
     conn: Connection,
     db_file: Option<std::fs::File>,
-    wal_path: &std::path::Path,
+    mut wal: WalFile,
     rx: Receiver<()>,
     progress: &Progress,
     frames: Frames,
 ) {
     // Frames copied back by the last pass: where the next one starts.
     let mut copied = 0u64;
-    let mut wal = None;
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(()) => {}
@@ -280,14 +289,14 @@ fn run(
                 if long {
                     // The writer's restart syncs the WAL and then the database file: what
                     // is dirty in them now need not wait for it.
-                    sync_files(wal_path, db_file.as_ref());
+                    sync_files(&mut wal, db_file.as_ref());
                 }
                 progress.log_frames.store(log, Ordering::Release);
                 progress.handovers.fetch_add(1, Ordering::AcqRel);
                 break;
             }
         }
-        wait_for_next_pass(wal_path, &mut wal, db_file.as_ref());
+        wait_for_next_pass(&mut wal, db_file.as_ref());
     }
 }
 

@@ -5,10 +5,10 @@
 //! them in one transaction (each inside its own savepoint, so one failing job does not undo
 //! the others), commits once and only then answers each caller. That is group commit: with
 //! `synchronous = full` one fsync covers many requests, and an answer always means "on disk".
-//! Jobs that may safely run twice ([`Db::write_repeatable`], a single send's insert) share
-//! one savepoint instead: a savepoint copies each page its job changes into a journal, a
-//! fifth of the writer's work per single send. If one of them fails, the shared savepoint is
-//! rolled back and each runs again in its own, so the outcome is the same. A request that
+//! Jobs that may safely run twice ([`ExpectedWrite::run_repeatable`], a single send's
+//! insert) share one savepoint instead: a savepoint copies each page its job changes into a
+//! journal, a fifth of the writer's work per single send. If one of them fails, the shared
+//! savepoint is rolled back and each runs again in its own, so the outcome is the same. A request that
 //! will write announces it ([`Db::expect_write`]), and the writer holds its next transaction
 //! open up to a couple of milliseconds for such writes, so that concurrent single sends
 //! share a commit instead of each rewriting the same pages into the WAL.
@@ -167,19 +167,6 @@ impl Db {
         self.writer.run(f).await
     }
 
-    /// Like [`Db::write`], for work that only reads its captures and writes to the
-    /// database, so the writer may run it twice. Many of them share one savepoint per
-    /// transaction instead of one each (see `Writer::run_repeatable`): the hot path of
-    /// single sends.
-    pub async fn write_repeatable<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: Fn(&Connection) -> Result<T, E> + Send + 'static,
-    {
-        self.writer.run_repeatable(f).await
-    }
-
     /// The writer's transactions and jobs so far (`/metrics`).
     pub fn writer_stats(&self) -> Arc<WriterStats> {
         self.writer.stats()
@@ -187,7 +174,9 @@ impl Db {
 
     /// Announces a write the caller is about to queue with [`ExpectedWrite::run_repeatable`]
     /// (a single send, while it is prepared): the writer's transaction gathers a moment
-    /// longer for it, so concurrent sends share fewer, larger commits.
+    /// longer for it, so concurrent sends share fewer, larger commits. Such a write may run
+    /// twice, so it must only read its captures and write to the database; many of them
+    /// share one savepoint per transaction instead of one each: the hot path of single sends.
     pub fn expect_write(&self) -> ExpectedWrite {
         self.writer.expect()
     }

@@ -224,7 +224,9 @@ pub struct ExpectedWrite {
 }
 
 impl ExpectedWrite {
-    /// [`Writer::run_repeatable`], withdrawing the expectation once the job is queued.
+    /// Like [`Writer::run`] for work that may run more than once (see [`RepeatableJob`]):
+    /// `f` must only read its captures and write to the database. The expectation is
+    /// withdrawn once the job is queued.
     pub async fn run_repeatable<T, E, F>(self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -362,18 +364,6 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         self.queue(Msg::BigJob, f).await
-    }
-
-    /// Like [`Writer::run`] for work that may run more than once (see [`RepeatableJob`]):
-    /// `f` must only read its captures and write to the database.
-    pub async fn run_repeatable<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: Fn(&Connection) -> Result<T, E> + Send + 'static,
-    {
-        let answer = self.queue_repeatable(f)?;
-        answer.await.map_err(|_| E::from(StoreError::WriterGone))?
     }
 
     fn queue_repeatable<T, E, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T, E>>, E>
@@ -755,12 +745,13 @@ mod tests {
         key: String,
         then: fn(&rusqlite::Connection) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        db.write_repeatable(move |c| -> Result<(), StoreError> {
-            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            c.execute("INSERT INTO settings (key, value) VALUES (?1, 'x')", [&key])?;
-            then(c)
-        })
-        .await
+        db.expect_write()
+            .run_repeatable(move |c| -> Result<(), StoreError> {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                c.execute("INSERT INTO settings (key, value) VALUES (?1, 'x')", [&key])?;
+                then(c)
+            })
+            .await
     }
 
     fn succeed(_: &rusqlite::Connection) -> Result<(), StoreError> {
