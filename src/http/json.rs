@@ -60,6 +60,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "The request body is empty; send a JSON document.",
         ));
     }
+    // Path tracking costs on every value parsed; a body that parses needs no path, so
+    // only a failed parse is run again with it, for the error's field.
+    if let Ok(value) = T::deserialize(ObjectBody(&mut serde_json::Deserializer::from_slice(bytes)))
+    {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(ObjectBody(de)).map_err(|e| {
         // serde stops at the first wrong type, before it reaches a syntax error further on
@@ -78,7 +84,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Parses one item of a JSON array already checked for syntax (batch items), with the same
 /// errors as [`parse`]. Items kept as raw text are parsed once, straight into `T`; decoded
 /// into `serde_json::Value`s first, they were built twice (a quarter of preparing a batch).
+///
+/// As in [`parse`], the path of a wrong field is tracked only when the item fails to parse.
 pub fn parse_item<T: DeserializeOwned>(item: &RawValue) -> Result<T, ApiError> {
+    if let Ok(value) = T::deserialize(ObjectBody(&mut serde_json::Deserializer::from_str(
+        item.get(),
+    ))) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_str(item.get());
     serde_path_to_error::deserialize(ObjectBody(de)).map_err(describe)
 }
