@@ -175,6 +175,23 @@ mod tests {
     }
 
     #[test]
+    fn date_header_of_each_second() {
+        let d = draft(r#"{"from":"a@acme.test","to":"b@example.org","subject":"s","text":"t"}"#);
+        let date_of = |unix: i64| {
+            let raw = build(&d, "msg_1@acme.test", unix, &Vec::new()).unwrap();
+            let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            assert_eq!(text.matches("\r\nDate: ").count(), 1, "{text}");
+            parsed.date().unwrap().to_timestamp()
+        };
+        // The second message of a second reuses its text; the next second gets its own.
+        assert_eq!(date_of(1_775_899_937), 1_775_899_937);
+        assert_eq!(date_of(1_775_899_937), 1_775_899_937);
+        assert_eq!(date_of(1_775_899_938), 1_775_899_938);
+        assert_eq!(date_header(86_400 * 3), "Sun, 4 Jan 1970 00:00:00 +0000");
+    }
+
+    #[test]
     fn attachments_and_inline_parts() {
         let d = draft(
             r#"{"from":"a@acme.test","to":"b@example.org","subject":"s","html":"<img src=\"cid:logo\">",
