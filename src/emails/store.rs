@@ -172,8 +172,9 @@ pub fn insert_all(
 ) -> Result<Vec<Accepted>, StoreError> {
     let mut accepted = Vec::with_capacity(emails.len());
     let mut run = Vec::new();
+    let mut suppressed = suppressions::Lookup::new(conn)?;
     for e in emails {
-        let plan = Plan::of(conn, e)?;
+        let plan = Plan::of(&mut suppressed, e)?;
         let ends_run = plan.adds_suppressions();
         run.push(plan);
         if ends_run {
@@ -196,7 +197,10 @@ struct Plan<'e> {
 }
 
 impl<'e> Plan<'e> {
-    fn of(conn: &Connection, e: &'e PreparedEmail) -> Result<Plan<'e>, StoreError> {
+    fn of(
+        suppressed: &mut suppressions::Lookup<'_>,
+        e: &'e PreparedEmail,
+    ) -> Result<Plan<'e>, StoreError> {
         let d = &e.draft;
         let marketing = d.email_type == EmailType::Marketing;
         let initial = if d.scheduled_at.is_some() {
@@ -207,7 +211,7 @@ impl<'e> Plan<'e> {
         let capture_now = e.mode == Mode::Test && d.scheduled_at.is_none();
         let mut rows = Vec::new();
         for recipient in &e.columns.recipients {
-            let reason = suppressions::blocking_reason(conn, e.mode, &recipient.lower, marketing)?;
+            let reason = suppressed.blocking_reason(e.mode, &recipient.lower, marketing)?;
             let status = if reason.is_some() {
                 "suppressed"
             } else {

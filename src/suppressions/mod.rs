@@ -57,15 +57,40 @@ pub fn blocking_reason(
     email_lower: &str,
     marketing: bool,
 ) -> Result<Option<Reason>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT reason FROM suppressions WHERE mode = ?1 AND email_lower = ?2")?;
-    let reason: Option<String> = stmt
-        .query_row(params![mode.as_str(), email_lower], |r| r.get(0))
-        .optional()?;
-    Ok(reason
-        .as_deref()
-        .and_then(Reason::parse)
-        .filter(|r| r.blocks(marketing)))
+    Lookup::new(conn)?.blocking_reason(mode, email_lower, marketing)
+}
+
+/// The suppression list's lookup, prepared once for many recipients: storing a batch asks
+/// it for each of a thousand, and fetching the statement from the connection's cache
+/// (hashing its text twice) cost as much as the lookup itself.
+pub struct Lookup<'c> {
+    stmt: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> Lookup<'c> {
+    pub fn new(conn: &'c Connection) -> Result<Lookup<'c>, StoreError> {
+        Ok(Lookup {
+            stmt: conn.prepare_cached(
+                "SELECT reason FROM suppressions WHERE mode = ?1 AND email_lower = ?2",
+            )?,
+        })
+    }
+
+    /// As [`blocking_reason`]; the list as it is now (each lookup runs anew).
+    pub fn blocking_reason(
+        &mut self,
+        mode: Mode,
+        email_lower: &str,
+        marketing: bool,
+    ) -> Result<Option<Reason>, StoreError> {
+        let reason = self
+            .stmt
+            .query_row(params![mode.as_str(), email_lower], |r| {
+                Ok(r.get_ref(0)?.as_str().ok().and_then(Reason::parse))
+            })
+            .optional()?;
+        Ok(reason.flatten().filter(|r| r.blocks(marketing)))
+    }
 }
 
 /// Adds a suppression unless the address already has one; records `suppression.added` when
