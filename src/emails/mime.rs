@@ -125,7 +125,7 @@ thread_local! {
 
 /// The `Date` header's text for `date_unix`, as mail-builder writes it. Formatted once per
 /// second and thread: the messages of a batch share their second, and formatting the date
-/// anew was a twentieth of building each one.
+/// anew was a twentieth of preparing each email.
 fn date_header(date_unix: i64) -> String {
     LAST_DATE.with(|last| {
         let mut last = last.borrow_mut();
