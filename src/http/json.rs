@@ -60,14 +60,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "The request body is empty; send a JSON document.",
         ));
     }
-    // Path tracking costs on every value parsed; a body that parses needs no path, so
-    // only a failed parse is run again with it, for the error's field.
-    if let Ok(value) = T::deserialize(ObjectBody(&mut serde_json::Deserializer::from_slice(bytes)))
-    {
-        return Ok(value);
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(ObjectBody(de)).map_err(|e| {
+    deserialize(|| serde_json::Deserializer::from_slice(bytes)).map_err(|e| {
         // serde stops at the first wrong type, before it reaches a syntax error further on
         // (`[1, 2` is a type error at `[0]` for a struct): broken JSON is a 400, whatever
         // its shape. Only the error path pays for this second look.
@@ -84,16 +77,24 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Parses one item of a JSON array already checked for syntax (batch items), with the same
 /// errors as [`parse`]. Items kept as raw text are parsed once, straight into `T`; decoded
 /// into `serde_json::Value`s first, they were built twice (a quarter of preparing a batch).
-///
-/// As in [`parse`], the path of a wrong field is tracked only when the item fails to parse.
 pub fn parse_item<T: DeserializeOwned>(item: &RawValue) -> Result<T, ApiError> {
-    if let Ok(value) = T::deserialize(ObjectBody(&mut serde_json::Deserializer::from_str(
-        item.get(),
-    ))) {
+    deserialize(|| serde_json::Deserializer::from_str(item.get())).map_err(describe)
+}
+
+/// Deserializes `T` from the deserializer `make` gives, with the path of a wrong field in
+/// the error. Path tracking costs on every value parsed and only an error needs it, so the
+/// input is parsed plainly first and again with tracking only when that fails.
+fn deserialize<'de, T, R>(
+    make: impl Fn() -> serde_json::Deserializer<R>,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>>
+where
+    T: serde::Deserialize<'de>,
+    R: serde_json::de::Read<'de>,
+{
+    if let Ok(value) = T::deserialize(ObjectBody(&mut make())) {
         return Ok(value);
     }
-    let de = &mut serde_json::Deserializer::from_str(item.get());
-    serde_path_to_error::deserialize(ObjectBody(de)).map_err(describe)
+    serde_path_to_error::deserialize(ObjectBody(&mut make()))
 }
 
 /// A JSON deserializer for a whole body whose struct must come as an object. serde's
