@@ -65,6 +65,8 @@ pub struct AppState {
     pub templates: Arc<templates::TemplateCache>,
     /// Wakes the worker that makes the copies of audience sends.
     pub audience_sends: audiences::sender::SenderHandle,
+    /// Gathers concurrent single sends into shared writer jobs.
+    pub sends: Arc<emails::routes::SendCombiner>,
 }
 
 /// Why the server could not start.
@@ -269,6 +271,7 @@ impl Application {
             templates: Arc::new(templates::TemplateCache::default()),
             webhooks,
             audience_sends: audience_sends.clone(),
+            sends: emails::routes::send_combiner(),
         });
         let auth = web::Data::new(AuthState::new(
             db.clone(),

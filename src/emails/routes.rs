@@ -1,6 +1,8 @@
 //! Routes of the emails API. Thin: parse into typed values, call the store through the
 //! writer or a reader, map the answer.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use rusqlite::Connection;
@@ -12,10 +14,11 @@ use super::request::SendRequest;
 use super::store::{self, Accepted, CancelOutcome, ListFilter, PreparedEmail};
 use crate::AppState;
 use crate::domains::Senders;
-use crate::http::idempotency::{self, Begin};
+use crate::http::idempotency::{self, Begin, IdempotencyRecord};
 use crate::http::{
     ApiError, ApiJson, Authenticated, List, PageRequest, blocking, json_body, json_response,
 };
+use crate::store::combine::Combiner;
 use crate::store::time;
 use crate::templates::send::SendRenderer;
 use crate::tracking::copies::Links;
@@ -145,6 +148,44 @@ async fn prepare_batch(
     Ok((prepared, errors))
 }
 
+/// A single send on its way to the writer: the prepared email, and where its answer is
+/// kept when the request has an Idempotency-Key.
+pub struct QueuedSend {
+    email: PreparedEmail,
+    record: Option<IdempotencyRecord>,
+}
+
+/// What storing a single send gives back: its answer, and the answer's JSON when it was
+/// made inside the transaction (to be kept under the request's Idempotency-Key).
+type StoredSend = (Accepted, Option<Vec<u8>>);
+
+/// Single sends written together: the sends that arrive while the writer is busy are
+/// stored by one writer job, with a batch's multi-row statements (see `store::combine`).
+pub type SendCombiner = Combiner<QueuedSend, StoredSend, ApiError>;
+
+/// The combiner of the server's single sends.
+pub fn send_combiner() -> Arc<SendCombiner> {
+    Combiner::new(store_sends)
+}
+
+/// Stores `sends` in their order, and the answer of those with an Idempotency-Key beside
+/// their key (the others' answers are made after the commit, off the writer thread).
+fn store_sends(conn: &Connection, sends: &[QueuedSend]) -> Result<Vec<StoredSend>, ApiError> {
+    let accepted = store::insert_all(conn, sends.iter().map(|s| &s.email))?;
+    accepted
+        .into_iter()
+        .zip(sends)
+        .map(|(accepted, send)| {
+            let Some(record) = &send.record else {
+                return Ok((accepted, None));
+            };
+            let bytes = json_body(&accepted);
+            record.save(conn, 200, &bytes)?;
+            Ok((accepted, Some(bytes)))
+        })
+        .collect()
+}
+
 /// Send one email (or an audience send).
 #[utoipa::path(
     tag = "emails",
@@ -208,18 +249,12 @@ async fn send_email(
         )
     })
     .await??;
-    let record = claim.as_ref().map(|c| c.record());
-    // Repeatable: the closure only reads the prepared email, so it shares its savepoint.
-    let (accepted, bytes) = expected
-        .run_repeatable(move |conn| -> Result<(Accepted, Vec<u8>), ApiError> {
-            let accepted = store::insert(conn, &prepared)?;
-            let bytes = json_body(&accepted);
-            if let Some(record) = &record {
-                record.save(conn, 200, &bytes)?;
-            }
-            Ok((accepted, bytes))
-        })
-        .await?;
+    let send = QueuedSend {
+        email: prepared,
+        record: claim.as_ref().map(|c| c.record()),
+    };
+    let (accepted, bytes) = state.sends.write(expected, send).await?;
+    let bytes = bytes.unwrap_or_else(|| json_body(&accepted));
     drop(claim);
     state.metrics.email_accepted(accepted.status);
     for label in &accepted.captured {

@@ -154,7 +154,7 @@ fn to_json(list: &[crate::address::Mailbox]) -> Json {
 /// too (see `delivery::capture::at_accept`), except for the recipients whose lifecycle
 /// needs the queue.
 pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreError> {
-    let mut accepted = insert_all(conn, std::slice::from_ref(e))?;
+    let mut accepted = insert_all(conn, [e])?;
     Ok(accepted.pop().expect("one email stored, one answer"))
 }
 
@@ -166,11 +166,12 @@ pub fn insert(conn: &Connection, e: &PreparedEmail) -> Result<Accepted, StoreErr
 /// capture adds to the suppression list (test mode's bounce and complaint addresses), so
 /// the emails after it are planned against the list as it then is, exactly as when each
 /// email was stored on its own.
-pub fn insert_all(
+pub fn insert_all<'e>(
     conn: &Connection,
-    emails: &[PreparedEmail],
+    emails: impl IntoIterator<Item = &'e PreparedEmail>,
 ) -> Result<Vec<Accepted>, StoreError> {
-    let mut accepted = Vec::with_capacity(emails.len());
+    let emails = emails.into_iter();
+    let mut accepted = Vec::with_capacity(emails.size_hint().0);
     let mut run = Vec::new();
     let mut suppressed = suppressions::Lookup::new(conn)?;
     for e in emails {

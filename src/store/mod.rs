@@ -11,12 +11,15 @@
 //! savepoint is rolled back and each runs again in its own, so the outcome is the same. A request that
 //! will write announces it ([`Db::expect_write`]), and the writer holds its next transaction
 //! open up to a couple of milliseconds for such writes, so that concurrent single sends
-//! share a commit instead of each rewriting the same pages into the WAL.
+//! share a commit instead of each rewriting the same pages into the WAL. Many such writes
+//! of one kind can go further and become one job ([`combine::Combiner`]): single sends are
+//! then written with the multi-row statements of a batch.
 //!
 //! WAL checkpoints run on their own thread and connection ([`checkpoint`]), so copying
 //! pages back into the database file never holds up the writer.
 
 mod checkpoint;
+pub mod combine;
 pub mod ids;
 pub mod rows;
 pub mod time;

@@ -4,9 +4,10 @@
 //! open once, so a table or index whose new keys come after all the others (ids made in
 //! order, one mode, one sender) takes each next row on the page the cursor already holds,
 //! instead of descending from the root per row; and the per-statement work (binding
-//! setup, opening and closing cursors, resetting) is paid once per fifty rows. Rows that
-//! do not fill a statement go through the one-row statement, so short writes (a single
-//! send) cost what they did.
+//! setup, opening and closing cursors, resetting) is paid once per fifty rows. What does
+//! not fill a statement of fifty goes through statements of ten, then of three, then of
+//! one: the few dozen single sends the writer stores together (`store::combine`) get most
+//! of the gain too, and one row costs what it always did.
 //!
 //! On the writer's connection ([`keep_statements`]) the multi-row statements bind their
 //! values without copying them. rusqlite binds every text and blob as `SQLITE_TRANSIENT`,
@@ -30,29 +31,43 @@ use super::StoreError;
 /// enough that the statement (and its bound values) stays small.
 pub const ROWS_PER_STATEMENT: usize = 50;
 
+/// The shorter multi-row statements, for what is left after the statements of
+/// [`ROWS_PER_STATEMENT`] rows, largest first. Each length is one more prepared statement
+/// per table; these keep the one-row statements to at most two per write.
+const SHORTER_STATEMENTS: [usize; 2] = [10, 3];
+
 /// The INSERT statements of one table and column list.
 pub struct RowInsert {
     columns: usize,
     one: String,
-    many: String,
+    /// The multi-row statements with their number of rows, largest first.
+    many: Vec<(usize, String)>,
 }
 
 impl RowInsert {
-    /// `INSERT INTO table (columns...)`, one row or [`ROWS_PER_STATEMENT`] at a time.
+    /// `INSERT INTO table (columns...)`, [`ROWS_PER_STATEMENT`] rows at a time, then
+    /// fewer (see [`SHORTER_STATEMENTS`]), then one.
     pub fn new(table: &str, columns: &[&str]) -> RowInsert {
         let row = format!("({})", vec!["?"; columns.len()].join(", "));
         let into = format!("INTO {table} ({}) VALUES ", columns.join(", "));
+        let many = std::iter::once(ROWS_PER_STATEMENT)
+            .chain(SHORTER_STATEMENTS)
+            .map(|rows| {
+                // OR FAIL: with the default ABORT, a statement that writes several rows
+                // makes SQLite copy every page it changes into a statement journal, to undo
+                // the statement alone if a row fails. A failing row fails the whole write
+                // job, which is undone anyway (see schema.sql, step 8).
+                let sql = format!(
+                    "INSERT OR FAIL {into}{}",
+                    vec![row.as_str(); rows].join(", ")
+                );
+                (rows, sql)
+            })
+            .collect();
         RowInsert {
             columns: columns.len(),
             one: format!("INSERT {into}{row}"),
-            // OR FAIL: with the default ABORT, a statement that writes several rows makes
-            // SQLite copy every page it changes into a statement journal, to undo the
-            // statement alone if a row fails. A failing row fails the whole write job,
-            // which is undone anyway (see schema.sql, step 8).
-            many: format!(
-                "INSERT OR FAIL {into}{}",
-                vec![row; ROWS_PER_STATEMENT].join(", ")
-            ),
+            many,
         }
     }
 
@@ -65,14 +80,17 @@ impl RowInsert {
     /// their order: the rowids they get follow it.
     pub fn insert(&self, conn: &Connection, values: &[ToSqlOutput<'_>]) -> Result<(), StoreError> {
         debug_assert_eq!(values.len() % self.columns, 0, "whole rows");
-        let mut full = values.chunks_exact(self.columns * ROWS_PER_STATEMENT);
-        if full.len() > 0 && !insert_kept(conn, &self.many, &mut full)? {
-            let mut stmt = conn.prepare_cached(&self.many)?;
-            for chunk in full.by_ref() {
-                stmt.execute(params_from_iter(chunk))?;
+        let mut rest = values;
+        for (rows, sql) in &self.many {
+            let mut full = rest.chunks_exact(self.columns * rows);
+            if full.len() > 0 && !insert_kept(conn, sql, &mut full)? {
+                let mut stmt = conn.prepare_cached(sql)?;
+                for chunk in full.by_ref() {
+                    stmt.execute(params_from_iter(chunk))?;
+                }
             }
+            rest = full.remainder();
         }
-        let rest = full.remainder();
         if !rest.is_empty() {
             let mut stmt = conn.prepare_cached(&self.one)?;
             for row in rest.chunks_exact(self.columns) {
@@ -304,8 +322,8 @@ mod tests {
         rows_keep_their_order(&conn);
         assert_eq!(
             kept_statements(),
-            Some(1),
-            "the kept statement ran the full chunks"
+            Some(3),
+            "kept statements ran the chunks of 50, 10 and 3 rows"
         );
     }
 
@@ -336,7 +354,8 @@ mod tests {
     fn rows_keep_their_order(conn: &Connection) {
         conn.execute("DELETE FROM t", []).unwrap();
         let insert = RowInsert::new("t", &["a", "b"]);
-        let n = ROWS_PER_STATEMENT * 2 + 7;
+        // Two statements of fifty, one of ten, one of three, then two rows alone.
+        let n = ROWS_PER_STATEMENT * 2 + 15;
         let names: Vec<String> = (0..n).map(|i| format!("row {i}")).collect();
         let mut values = Vec::new();
         for (i, name) in names.iter().enumerate() {

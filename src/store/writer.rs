@@ -141,7 +141,7 @@ pub fn rollback_epoch() -> u64 {
     ROLLBACKS.with(|r| r.get())
 }
 
-fn rolled_back() {
+pub(super) fn rolled_back() {
     ROLLBACKS.with(|r| r.set(r.get() + 1));
 }
 
@@ -150,7 +150,7 @@ fn rolled_back() {
 /// group commit shares between jobs: checked after each job, a violation fails the job
 /// that made it (its savepoint is rolled back, which takes the count back with it), not
 /// the whole commit.
-fn unresolved_foreign_keys(conn: &Connection) -> i32 {
+pub(super) fn unresolved_foreign_keys(conn: &Connection) -> i32 {
     let (mut current, mut highest) = (0, 0);
     // SAFETY: the handle is this live connection's, used on its own thread; the call only
     // reads a counter into the two integers.
@@ -210,9 +210,15 @@ impl WriterStats {
         self.transactions.load(Ordering::Relaxed)
     }
 
-    /// Jobs run in them.
+    /// Jobs run in them (a combined job counts each write it carries, see
+    /// `store::combine`).
     pub fn jobs(&self) -> u64 {
         self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more writes carried by a job already counted once.
+    pub(super) fn add_carried(&self, n: u64) {
+        self.jobs.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -224,6 +230,11 @@ pub struct ExpectedWrite {
 }
 
 impl ExpectedWrite {
+    /// The counters of the writer this write goes to.
+    pub(super) fn stats(&self) -> Arc<WriterStats> {
+        self.writer.stats()
+    }
+
     /// Like [`Writer::run`] for work that may run more than once (see [`RepeatableJob`]):
     /// `f` must only read its captures and write to the database. The expectation is
     /// withdrawn once the job is queued.
@@ -233,9 +244,22 @@ impl ExpectedWrite {
         E: From<StoreError> + Send + 'static,
         F: Fn(&Connection) -> Result<T, E> + Send + 'static,
     {
-        let answer = self.writer.queue_repeatable(f);
-        drop(self);
-        answer?.await.map_err(|_| E::from(StoreError::WriterGone))?
+        self.queue_repeatable(f)?
+            .await
+            .map_err(|_| E::from(StoreError::WriterGone))?
+    }
+
+    /// [`ExpectedWrite::run_repeatable`] without the wait: where the answer will come.
+    pub(super) fn queue_repeatable<T, E, F>(
+        self,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<T, E>>, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.writer.queue_repeatable(f)
     }
 }
 
@@ -595,19 +619,33 @@ fn run_batch(conn: &Connection, group: &mut Group) {
     group.repeatables = repeatables;
 }
 
-/// Runs the repeatable jobs of a transaction under one shared savepoint. When one fails,
-/// the savepoint is rolled back and each runs again under its own, so that only the
-/// failing ones fail, as if they had been alone. Returns false when the job of a
-/// transaction it has to itself ([`Isolation::Alone`]) failed: the caller rolls back.
+/// Runs the repeatable jobs of a transaction under one shared savepoint (none for a job
+/// alone in its transaction). When one fails, that is undone and each runs again under its
+/// own savepoint, so that only the failing ones fail, as if each had been alone; a job
+/// that can undo part of its work itself (`store::combine`) learns from its second run
+/// that it must. Returns false when the transaction could not be begun again after
+/// undoing a lone job: the caller rolls back.
 fn attempt_repeatables(
     conn: &Connection,
     jobs: &mut [Box<dyn RepeatableJob>],
     isolation: Isolation,
 ) -> bool {
     if isolation == Isolation::Alone {
-        return jobs.iter_mut().all(|job| job.attempt(conn));
-    }
-    if execute_cached(conn, "SAVEPOINT shared").is_ok() {
+        if jobs.iter_mut().all(|job| job.attempt(conn)) {
+            return true;
+        }
+        let _ = execute_cached(conn, "ROLLBACK");
+        rolled_back();
+        if let Err(e) = execute_cached(conn, "BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            for job in jobs.iter_mut() {
+                job.fail(StoreError::Task(format!(
+                    "cannot begin a write transaction: {msg}"
+                )));
+            }
+            return false;
+        }
+    } else if execute_cached(conn, "SAVEPOINT shared").is_ok() {
         if jobs.iter_mut().all(|job| job.attempt(conn))
             && execute_cached(conn, "RELEASE shared").is_ok()
         {
@@ -828,8 +866,9 @@ mod tests {
         db.close();
     }
 
-    /// Without failures, repeatable jobs run once, and a lone failing one rolls back its
-    /// own transaction.
+    /// Without failures, repeatable jobs run once; a lone failing one rolls back its own
+    /// transaction and runs once more, alone under a savepoint in a new one (where a
+    /// combined job writes each of its items alone, see `store::combine`).
     #[test]
     fn repeatable_jobs_run_once_when_all_succeed() {
         use std::sync::Arc;
@@ -849,6 +888,11 @@ mod tests {
         let lone = counted_insert(db.clone(), runs.clone(), "lone".into(), change_mind);
         assert!(runtime.block_on(lone).is_err());
         assert_eq!(settings_count(&db, "lone"), 0);
+        assert_eq!(runs.load(Ordering::SeqCst), 18, "the lone job ran twice");
+        // The writer goes on as before.
+        let next = counted_insert(db.clone(), runs.clone(), "next".into(), succeed);
+        assert!(runtime.block_on(next).is_ok());
+        assert_eq!(settings_count(&db, "next"), 1);
         db.close();
     }
 

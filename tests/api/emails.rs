@@ -786,3 +786,64 @@ async fn deferred_recipients_are_retried_on_time_with_nothing_else_to_do() {
         assert_eq!(event_types(&e), ["queued", "delivery_delayed", "delivered"]);
     }
 }
+
+/// Concurrent single sends are stored together by the writer (`store::combine`): each
+/// request still gets the answer of its own email, stored as it asked, and an
+/// Idempotency-Key replays its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_each_get_their_own_email() {
+    let app = spawn_app().await;
+    let sends = (0..48).map(|i| {
+        let app = &app;
+        async move {
+            let mut body = mail();
+            body["subject"] = json!(format!("Order {i}"));
+            // Test mode's bounce adds to the suppression list mid-way through a write.
+            body["to"] = json!(if i % 7 == 3 {
+                "bounced@test.mailsflux".to_string()
+            } else {
+                format!("buyer{i}@example.org")
+            });
+            let mut req = app.request(
+                reqwest::Method::POST,
+                "/v1/emails/send",
+                Some(&app.test_key),
+            );
+            if i % 2 == 0 {
+                req = req.header("Idempotency-Key", format!("order-{i}"));
+            }
+            let res = req.json(&body).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            (i, body, res.text().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let mut ids = std::collections::HashSet::new();
+    for (i, body, answer) in &answers {
+        let answer: Value = serde_json::from_str(answer).unwrap();
+        let id = answer["id"].as_str().unwrap().to_string();
+        assert!(
+            ids.insert(id.clone()),
+            "send {i} got the id of another: {id}"
+        );
+        let email = app.email(&app.test_key, &id).await;
+        assert_eq!(email["subject"], body["subject"], "send {i}");
+        assert_eq!(email["to"], json!([body["to"]]), "send {i}");
+    }
+    for (i, body, answer) in answers.iter().filter(|(i, _, _)| i % 2 == 0) {
+        let replay = app
+            .request(
+                reqwest::Method::POST,
+                "/v1/emails/send",
+                Some(&app.test_key),
+            )
+            .header("Idempotency-Key", format!("order-{i}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), 200);
+        assert_eq!(&replay.text().await.unwrap(), answer, "replay of send {i}");
+    }
+    assert_eq!(list_ids(&app, "limit=100").await.len(), 48);
+}
