@@ -5,15 +5,16 @@
 //! them in one transaction (each inside its own savepoint, so one failing job does not undo
 //! the others), commits once and only then answers each caller. That is group commit: with
 //! `synchronous = full` one fsync covers many requests, and an answer always means "on disk".
-//! Jobs that may safely run twice ([`ExpectedWrite::run_repeatable`], a single send's
-//! insert) share one savepoint instead: a savepoint copies each page its job changes into a
-//! journal, a fifth of the writer's work per single send. If one of them fails, the shared
-//! savepoint is rolled back and each runs again in its own, so the outcome is the same. A request that
-//! will write announces it ([`Db::expect_write`]), and the writer holds its next transaction
-//! open up to a couple of milliseconds for such writes, so that concurrent single sends
-//! share a commit instead of each rewriting the same pages into the WAL. Many such writes
-//! of one kind can go further and become one job ([`combine::Combiner`]): single sends are
-//! then written with the multi-row statements of a batch.
+//! Jobs that may safely run twice ([`ExpectedWrite::run_repeatable`], such as the write of
+//! single sends) share one savepoint instead: a savepoint copies each page its job changes
+//! into a journal, a fifth of the writer's work per single send. If one of them fails, the
+//! shared savepoint is rolled back and each runs again in its own, so the outcome is the
+//! same. A request that will write announces it ([`Db::expect_write`]), and the writer holds
+//! its next transaction open up to a couple of milliseconds for such writes, so that
+//! concurrent single sends share a commit instead of each rewriting the same pages into the
+//! WAL. Many such writes of one kind can go further and become one job
+//! ([`combine::Combiner`]): single sends are then written with the multi-row statements of
+//! a batch.
 //!
 //! WAL checkpoints run on their own thread and connection ([`checkpoint`]), so copying
 //! pages back into the database file never holds up the writer.

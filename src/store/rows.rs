@@ -46,7 +46,7 @@ pub struct RowInsert {
 
 impl RowInsert {
     /// `INSERT INTO table (columns...)`, [`ROWS_PER_STATEMENT`] rows at a time, then
-    /// fewer (see [`SHORTER_STATEMENTS`]), then one.
+    /// fewer (`SHORTER_STATEMENTS`), then one.
     pub fn new(table: &str, columns: &[&str]) -> RowInsert {
         let row = format!("({})", vec!["?"; columns.len()].join(", "));
         let into = format!("INTO {table} ({}) VALUES ", columns.join(", "));

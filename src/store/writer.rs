@@ -224,7 +224,8 @@ impl WriterStats {
 
 /// A write a request is about to queue (a single send, while it is being prepared): the
 /// writer lets its transaction gather a moment longer for it (see [`GATHER_WINDOW`]).
-/// Spent by [`ExpectedWrite::run_repeatable`]; dropping it unspent withdraws it.
+/// Spent by [`ExpectedWrite::run_repeatable`] (or a [`super::combine::Combiner`]); dropping
+/// it unspent withdraws it.
 pub struct ExpectedWrite {
     writer: Writer,
 }
