@@ -5,7 +5,8 @@
 //! writes from the root. A batch writes the same rows with multi-row statements (see
 //! [`super::rows`]) for less than half the writer's work per email. A [`Combiner`] gives
 //! single writes that: items queued while the writer is busy wait together, and one
-//! repeatable writer job writes them all with one call of the combiner's write function.
+//! repeatable writer job writes them all (up to [`MAX_ITEMS_PER_JOB`]; the rest wait for
+//! the next job) with one call of the combiner's write function.
 //!
 //! Each item still gets the outcome it would have had alone. The combined call runs
 //! without a savepoint of its own (a savepoint copies every page its work changes into a
@@ -21,7 +22,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::writer::{rolled_back, unresolved_foreign_keys};
-use super::{ExpectedWrite, StoreError, WriterStats, execute_cached};
+use super::{ExpectedWrite, StoreError, Writer, WriterStats, execute_cached};
 
 /// Writes items in the writer's transaction and returns one output per item, in order.
 /// It may run more than once for the same items (see [`ExpectedWrite::run_repeatable`]),
@@ -30,12 +31,23 @@ pub type WriteAll<I, O, E> = fn(&Connection, &[I]) -> Result<Vec<O>, E>;
 
 type Reply<O, E> = oneshot::Sender<Result<O, E>>;
 
+/// Most items one job writes: bounds how long a burst holds the writer (and the first
+/// caller's answer), as the writer's own bound on jobs per transaction does.
+pub const MAX_ITEMS_PER_JOB: usize = 500;
+
 /// Gathers items of one kind from concurrent callers into shared writer jobs.
 pub struct Combiner<I, O, E> {
-    /// Items queued since the last job took them, with where their answers go. A job is on
-    /// its way exactly while this is not empty.
-    pending: Mutex<Vec<(I, Reply<O, E>)>>,
+    pending: Mutex<Pending<I, O, E>>,
     write: WriteAll<I, O, E>,
+    max_items: usize,
+}
+
+/// Items queued since the last job took them, with where their answers go.
+struct Pending<I, O, E> {
+    items: Vec<(I, Reply<O, E>)>,
+    /// A job is on its way that has not taken its items yet: whoever queues an item now
+    /// leaves it to that job.
+    job_queued: bool,
 }
 
 impl<I, O, E> Combiner<I, O, E>
@@ -44,11 +56,20 @@ where
     O: Send + 'static,
     E: From<StoreError> + Clone + Send + 'static,
 {
-    /// A combiner that writes with `write`.
+    /// A combiner that writes with `write`, [`MAX_ITEMS_PER_JOB`] items a job at most.
     pub fn new(write: WriteAll<I, O, E>) -> Arc<Combiner<I, O, E>> {
+        Combiner::with_max_items(write, MAX_ITEMS_PER_JOB)
+    }
+
+    /// A combiner that writes with `write`, `max_items` items a job at most.
+    pub fn with_max_items(write: WriteAll<I, O, E>, max_items: usize) -> Arc<Combiner<I, O, E>> {
         Arc::new(Combiner {
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending {
+                items: Vec::new(),
+                job_queued: false,
+            }),
             write,
+            max_items: max_items.max(1),
         })
     }
 
@@ -58,8 +79,8 @@ where
         let (reply, answer) = oneshot::channel();
         let first = {
             let mut pending = lock(&self.pending);
-            pending.push((item, reply));
-            pending.len() == 1
+            pending.items.push((item, reply));
+            !std::mem::replace(&mut pending.job_queued, true)
         };
         if first {
             // This caller queues the job, and answers everyone once it is done.
@@ -69,6 +90,20 @@ where
             drop(expected);
         }
         answer.await.map_err(|_| E::from(StoreError::WriterGone))?
+    }
+
+    /// Takes the pending items for a job, at most `max_items`, oldest first. What is left
+    /// waits for the next job: queued by the next caller, or by this job's round once the
+    /// writer has answered it (`Round::follow_up`).
+    fn take_pending(&self) -> Vec<(I, Reply<O, E>)> {
+        let mut pending = lock(&self.pending);
+        pending.job_queued = false;
+        let rest = if pending.items.len() > self.max_items {
+            pending.items.split_off(self.max_items)
+        } else {
+            Vec::new()
+        };
+        std::mem::replace(&mut pending.items, rest)
     }
 
     /// Each item under its own savepoint: the outcome each would have had alone.
@@ -119,6 +154,8 @@ where
     taken: Arc<OnceLock<Vec<I>>>,
     replies: Arc<Mutex<Vec<Reply<O, E>>>>,
     stats: Arc<WriterStats>,
+    /// For the job that takes what this one left (more than it could take).
+    writer: Writer,
     answer: Option<oneshot::Receiver<Outcome<O, E>>>,
     /// Why the job could not be queued.
     refused: Option<E>,
@@ -140,9 +177,7 @@ where
             move |conn: &Connection| -> Outcome<O, E> {
                 let items = taken.get_or_init(|| {
                     let (items, answers): (Vec<I>, Vec<Reply<O, E>>) =
-                        std::mem::take(&mut *lock(&combiner.pending))
-                            .into_iter()
-                            .unzip();
+                        combiner.take_pending().into_iter().unzip();
                     *lock(&replies) = answers;
                     items
                 });
@@ -155,6 +190,7 @@ where
             }
         };
         let stats = expected.stats();
+        let writer = expected.writer();
         let (answer, refused) = match expected.queue_repeatable(job) {
             Ok(answer) => (Some(answer), None),
             Err(e) => (None, Some(e)),
@@ -164,6 +200,7 @@ where
             taken,
             replies,
             stats,
+            writer,
             answer,
             refused,
         }
@@ -189,10 +226,14 @@ where
         if self.taken.get().is_none() {
             // The job never ran (the writer could not begin a transaction, or is gone):
             // what is pending is this job's to answer.
-            replies = std::mem::take(&mut *lock(&self.combiner.pending))
+            let mut pending = lock(&self.combiner.pending);
+            pending.job_queued = false;
+            replies = std::mem::take(&mut pending.items)
                 .into_iter()
                 .map(|(_, reply)| reply)
                 .collect();
+        } else {
+            self.follow_up();
         }
         match outcome {
             Ok(outputs) => {
@@ -205,6 +246,29 @@ where
                     let _ = reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+impl<I, O, E> Round<I, O, E>
+where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+    E: From<StoreError> + Clone + Send + 'static,
+{
+    /// Queues a job for the items this one left, if nobody queued one since: those came
+    /// when it took its items and found more than it could take.
+    fn follow_up(&self) {
+        {
+            let mut pending = lock(&self.combiner.pending);
+            if pending.items.is_empty() || pending.job_queued {
+                return;
+            }
+            pending.job_queued = true;
+        }
+        let next = Round::queue(self.combiner.clone(), self.writer.expect());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(next.wait());
         }
     }
 }
@@ -224,6 +288,7 @@ where
             taken: self.taken.clone(),
             replies: self.replies.clone(),
             stats: self.stats.clone(),
+            writer: self.writer.clone(),
             answer: self.answer.take(),
             refused: self.refused.take(),
         };
@@ -275,18 +340,6 @@ mod tests {
 
     /// The calls of [`insert_values`]: the database file and how many items it was given.
     static CALLS: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
-
-    /// The most items one call of [`insert_values`] was given on `db`.
-    fn most_items_per_call(db: &Db) -> usize {
-        let path = db.path().display().to_string();
-        let calls = CALLS.lock().unwrap();
-        calls
-            .iter()
-            .filter(|(p, _)| *p == path)
-            .map(|(_, n)| *n)
-            .max()
-            .unwrap_or(0)
-    }
 
     /// A caller's error: combined writes answer several callers with one error.
     #[derive(Debug, Clone)]
@@ -398,10 +451,49 @@ mod tests {
             );
         }
         assert!(
-            most_items_per_call(&db) > 1,
+            calls_on(&db).1 > 1,
             "the writes queued while the writer was busy were written together"
         );
         // `/metrics` counts each write, not each job: the table, the hold, the forty.
+        assert_eq!(db.writer_stats().jobs(), 2 + values.len() as u64);
+    }
+
+    /// Calls made on `db` and the most items one was given.
+    fn calls_on(db: &Db) -> (usize, usize) {
+        let path = db.path().display().to_string();
+        let calls = CALLS.lock().unwrap();
+        let sizes: Vec<usize> = calls
+            .iter()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, n)| *n)
+            .collect();
+        (sizes.len(), sizes.into_iter().max().unwrap_or(0))
+    }
+
+    /// More items queued than a job takes: jobs take at most that many each, and the
+    /// items left get jobs of their own, also when nobody else writes after them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_is_written_in_jobs_of_bounded_size() {
+        let (_dir, db) = database().await;
+        let combiner = Combiner::with_max_items(insert_values, 3);
+        let values: Vec<i64> = (0..10).collect();
+        let answers = tokio::time::timeout(
+            Duration::from_secs(10),
+            write_concurrently(&db, &combiner, &values, None),
+        )
+        .await
+        .expect("the items left by a full job get jobs of their own");
+        let rows = stored(&db).await;
+        assert_eq!(rows.len(), values.len());
+        for (value, answer) in values.iter().zip(answers) {
+            assert!(rows.contains(&(answer.unwrap(), *value)));
+        }
+        let (calls, most) = calls_on(&db);
+        assert_eq!(most, 3, "a job took at most three items");
+        assert!(
+            calls >= 4,
+            "ten items need four jobs of three ({calls} calls)"
+        );
         assert_eq!(db.writer_stats().jobs(), 2 + values.len() as u64);
     }
 
@@ -414,7 +506,7 @@ mod tests {
         let combiner = Combiner::new(insert_values);
         let values = [1, 2, -3, 4, 5];
         let answers = write_concurrently(&db, &combiner, &values, beside).await;
-        assert!(most_items_per_call(&db) > 1, "the combined write was tried");
+        assert!(calls_on(&db).1 > 1, "the combined write was tried");
         for (value, answer) in values.iter().zip(&answers) {
             match answer {
                 Ok(_) => assert!(*value >= 0),
@@ -480,7 +572,8 @@ mod tests {
                 .await
         });
         busy.await.unwrap();
-        let pending = |combiner: &Arc<Combiner<i64, i64, Failed>>| lock(&combiner.pending).len();
+        let pending =
+            |combiner: &Arc<Combiner<i64, i64, Failed>>| lock(&combiner.pending).items.len();
         let first = tokio::spawn({
             let (db, combiner) = (db.clone(), combiner.clone());
             async move { combiner.write(db.expect_write(), 100).await }

@@ -236,6 +236,11 @@ impl ExpectedWrite {
         self.writer.stats()
     }
 
+    /// The writer this write goes to.
+    pub(super) fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
     /// Like [`Writer::run`] for work that may run more than once (see [`RepeatableJob`]):
     /// `f` must only read its captures and write to the database. The expectation is
     /// withdrawn once the job is queued.
