@@ -787,28 +787,32 @@ async fn deferred_recipients_are_retried_on_time_with_nothing_else_to_do() {
     }
 }
 
-/// Concurrent single sends are stored together by the writer (`store::combine`): each
-/// request still gets the answer of its own email, stored as it asked, and an
-/// Idempotency-Key replays its own answer.
+/// Concurrent single sends are stored together by the writer (`store::combine`), live and
+/// test ones in the same writes: each request still gets the answer of its own email,
+/// stored in its own mode as it asked, and an Idempotency-Key replays its own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_sends_each_get_their_own_email() {
     let app = spawn_app().await;
+    let live = |i: usize| i % 3 == 1;
+    let key = |i: usize| {
+        if live(i) {
+            &app.live_key
+        } else {
+            &app.test_key
+        }
+    };
     let sends = (0..48).map(|i| {
         let app = &app;
         async move {
             let mut body = mail();
             body["subject"] = json!(format!("Order {i}"));
             // Test mode's bounce adds to the suppression list mid-way through a write.
-            body["to"] = json!(if i % 7 == 3 {
+            body["to"] = json!(if i % 7 == 3 && !live(i) {
                 "bounced@test.mailsflux".to_string()
             } else {
                 format!("buyer{i}@example.org")
             });
-            let mut req = app.request(
-                reqwest::Method::POST,
-                "/v1/emails/send",
-                Some(&app.test_key),
-            );
+            let mut req = app.request(reqwest::Method::POST, "/v1/emails/send", Some(key(i)));
             if i % 2 == 0 {
                 req = req.header("Idempotency-Key", format!("order-{i}"));
             }
@@ -826,17 +830,20 @@ async fn concurrent_sends_each_get_their_own_email() {
             ids.insert(id.clone()),
             "send {i} got the id of another: {id}"
         );
-        let email = app.email(&app.test_key, &id).await;
+        let email = app.email(key(*i), &id).await;
         assert_eq!(email["subject"], body["subject"], "send {i}");
         assert_eq!(email["to"], json!([body["to"]]), "send {i}");
+        let other_mode = if live(*i) {
+            &app.test_key
+        } else {
+            &app.live_key
+        };
+        let res = app.get(&format!("/v1/emails/{id}"), other_mode).await;
+        assert_eq!(res.status(), 404, "send {i} seen from the other mode");
     }
     for (i, body, answer) in answers.iter().filter(|(i, _, _)| i % 2 == 0) {
         let replay = app
-            .request(
-                reqwest::Method::POST,
-                "/v1/emails/send",
-                Some(&app.test_key),
-            )
+            .request(reqwest::Method::POST, "/v1/emails/send", Some(key(*i)))
             .header("Idempotency-Key", format!("order-{i}"))
             .json(body)
             .send()
@@ -845,5 +852,13 @@ async fn concurrent_sends_each_get_their_own_email() {
         assert_eq!(replay.status(), 200);
         assert_eq!(&replay.text().await.unwrap(), answer, "replay of send {i}");
     }
-    assert_eq!(list_ids(&app, "limit=100").await.len(), 48);
+    let live_sends = (0..48).filter(|i| live(*i)).count();
+    assert_eq!(list_ids(&app, "limit=100").await.len(), 48 - live_sends);
+    let page: Value = app
+        .get("/v1/emails?limit=100", &app.live_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), live_sends);
 }
