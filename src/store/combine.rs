@@ -248,14 +248,7 @@ where
             }
         }
     }
-}
 
-impl<I, O, E> Round<I, O, E>
-where
-    I: Send + Sync + 'static,
-    O: Send + 'static,
-    E: From<StoreError> + Clone + Send + 'static,
-{
     /// Queues a job for the items this one left, if nobody queued one since: those came
     /// when it took its items and found more than it could take.
     fn follow_up(&self) {
