@@ -22,7 +22,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::writer::{rolled_back, unresolved_foreign_keys};
-use super::{ExpectedWrite, StoreError, Writer, WriterStats, execute_cached};
+use super::{ExpectedWrite, StoreError, Writer, execute_cached};
 
 /// Writes items in the writer's transaction and returns one output per item, in order.
 /// It may run more than once for the same items (see [`ExpectedWrite::run_repeatable`]),
@@ -153,12 +153,11 @@ where
     /// Taken by the job's first run; a second run writes the same items.
     taken: Arc<OnceLock<Vec<I>>>,
     replies: Arc<Mutex<Vec<Reply<O, E>>>>,
-    stats: Arc<WriterStats>,
-    /// For the job that takes what this one left (more than it could take).
+    /// For the counters, and the job that takes what this one left (more than it could).
     writer: Writer,
+    /// The writer's answer, until it came (none when the job could not be queued: its
+    /// callers were answered at once).
     answer: Option<oneshot::Receiver<Outcome<O, E>>>,
-    /// Why the job could not be queued.
-    refused: Option<E>,
 }
 
 impl<I, O, E> Round<I, O, E>
@@ -189,39 +188,36 @@ where
                 }
             }
         };
-        let stats = expected.stats();
-        let writer = expected.writer();
-        let (answer, refused) = match expected.queue_repeatable(job) {
-            Ok(answer) => (Some(answer), None),
-            Err(e) => (None, Some(e)),
-        };
-        Round {
+        let mut round = Round {
             combiner,
             taken,
             replies,
-            stats,
-            writer,
-            answer,
-            refused,
+            writer: expected.writer(),
+            answer: None,
+        };
+        match expected.queue_repeatable(job) {
+            Ok(answer) => round.answer = Some(answer),
+            Err(e) => round.answer_callers(Err(e)),
         }
+        round
     }
 
     /// Waits for the writer's answer, then answers each caller.
     async fn wait(mut self) {
-        let outcome = match (self.answer.as_mut(), self.refused.take()) {
-            (Some(answer), _) => answer
-                .await
-                .unwrap_or_else(|_| Err(E::from(StoreError::WriterGone))),
-            (None, Some(e)) => Err(e),
-            (None, None) => return,
+        let Some(answer) = self.answer.as_mut() else {
+            return;
         };
+        let outcome = answer
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)));
         self.answer = None;
         self.answer_callers(outcome);
     }
 
     fn answer_callers(&self, outcome: Outcome<O, E>) {
         let mut replies = std::mem::take(&mut *lock(&self.replies));
-        self.stats
+        self.writer
+            .stats()
             .add_carried(replies.len().saturating_sub(1) as u64);
         if self.taken.get().is_none() {
             // The job never ran (the writer could not begin a transaction, or is gone):
@@ -273,17 +269,15 @@ where
     E: From<StoreError> + Clone + Send + 'static,
 {
     fn drop(&mut self) {
-        if self.answer.is_none() && self.refused.is_none() {
+        if self.answer.is_none() {
             return;
         }
         let rest = Round {
             combiner: self.combiner.clone(),
             taken: self.taken.clone(),
             replies: self.replies.clone(),
-            stats: self.stats.clone(),
             writer: self.writer.clone(),
             answer: self.answer.take(),
-            refused: self.refused.take(),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(rest.wait());

@@ -231,11 +231,6 @@ pub struct ExpectedWrite {
 }
 
 impl ExpectedWrite {
-    /// The counters of the writer this write goes to.
-    pub(super) fn stats(&self) -> Arc<WriterStats> {
-        self.writer.stats()
-    }
-
     /// The writer this write goes to.
     pub(super) fn writer(&self) -> Writer {
         self.writer.clone()
