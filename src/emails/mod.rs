@@ -2,6 +2,7 @@
 //! (`request`), MIME building (`mime`), storage (`store`) and the task that keeps the
 //! address index of the `to` filter up to date (`indexer`).
 
+pub mod address_index;
 pub mod indexer;
 pub mod mime;
 pub mod recipients;

@@ -9,6 +9,7 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 use serde::Serialize;
 
+use super::address_index;
 use super::request::{EmailDraft, EmailType};
 use crate::delivery::capture;
 use crate::delivery::queue::{self, AttemptResult, Settled};
@@ -867,50 +868,6 @@ pub fn get(
     Ok(Some(view))
 }
 
-/// The setting that holds the last recipient id copied to `recipient_addresses`.
-const INDEXED_TO: &str = "recipients_indexed_to";
-
-fn indexed_to(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1",
-            [INDEXED_TO],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0))
-}
-
-/// Whether recipients wait to be copied to `recipient_addresses` (the `to` filter's index).
-pub fn has_unindexed_recipients(conn: &Connection) -> Result<bool, StoreError> {
-    let last: Option<i64> = conn.query_row("SELECT max(id) FROM recipients", [], |r| r.get(0))?;
-    Ok(last.unwrap_or(0) > indexed_to(conn)?)
-}
-
-/// Copies up to `limit` recipients not yet in `recipient_addresses` there, sorted by
-/// address so that the index pages are written in order, and moves the mark past them.
-/// Returns how many were copied.
-pub fn index_addresses(conn: &Connection, limit: usize) -> Result<usize, StoreError> {
-    let from = indexed_to(conn)?;
-    let (count, upto): (i64, Option<i64>) = conn.query_row(
-        "SELECT count(*), max(id) FROM (SELECT id FROM recipients WHERE id > ?1 ORDER BY id LIMIT ?2)",
-        params![from, limit as i64],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let Some(upto) = upto else {
-        return Ok(0);
-    };
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO recipient_addresses (mode, address_lower, email_id)
-         SELECT mode, address_lower, email_id FROM recipients WHERE id > ?1 AND id <= ?2
-         ORDER BY 1, 2, 3",
-    )?
-    .execute(params![from, upto])?;
-    conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?
-        .execute(params![INDEXED_TO, upto.to_string()])?;
-    Ok(count as usize)
-}
-
 /// The `queued` event of an email sent now, which `insert` leaves implied by the email's
 /// row unless a webhook listens to it. Its id is the email's own ULID under the event
 /// prefix: stable, unique, and earlier than any event recorded after the email.
@@ -955,20 +912,10 @@ pub fn list(conn: &Connection, mode: Mode, f: &ListFilter) -> Result<Vec<EmailVi
         args.push(Box::new(t.clone()));
     }
     if let Some(to) = &f.to {
-        // The indexed recipients, and those the indexer has not copied yet.
-        sql.push_str(
-            " AND id IN (SELECT email_id FROM recipient_addresses
-                         WHERE mode = ? AND address_lower = ?
-                         UNION ALL
-                         SELECT email_id FROM recipients
-                         WHERE id > (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM settings
-                                     WHERE key = ?)
-                           AND address_lower = ?)",
-        );
-        args.push(Box::new(mode.as_str()));
-        args.push(Box::new(to.to_lowercase()));
-        args.push(Box::new(INDEXED_TO));
-        args.push(Box::new(to.to_lowercase()));
+        sql.push_str(&format!(" AND id IN ({})", address_index::TO_FILTER));
+        for arg in address_index::to_filter_args(mode.as_str(), to.to_lowercase()) {
+            args.push(Box::new(arg));
+        }
     }
     if let Some(from) = &f.from {
         sql.push_str(" AND from_address = ?");
@@ -1036,11 +983,12 @@ pub fn cancel(conn: &Connection, mode: Mode, id: &str) -> Result<CancelOutcome, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Db;
 
-    fn add_email(c: &Connection, id: &str, mode: &str, to: &[&str]) {
+    /// Adds email `id` of `mode` with one `to` recipient per address, in order.
+    pub(crate) fn add_email(c: &Connection, id: &str, mode: &str, to: &[&str]) {
         c.execute(
             "INSERT INTO emails (id, mode, type, status, from_header, from_address, envelope_from,
                 subject, to_json, cc_json, bcc_json, reply_to_json, tags_json, headers_json,
@@ -1088,21 +1036,33 @@ mod tests {
         })
         .unwrap();
         let read = || db.read_blocking().unwrap();
-        assert!(has_unindexed_recipients(&read()).unwrap());
+        assert!(address_index::has_unindexed_recipients(&read()).unwrap());
         assert_eq!(
             to(&read(), Mode::Test, "ANA@example.org"),
             ["msg_2", "msg_1"]
         );
         // Two of the four copied: msg_1's; msg_2 and msg_3 still wait.
-        assert_eq!(db.write_blocking(|c| index_addresses(c, 2)).unwrap(), 2);
+        assert_eq!(
+            db.write_blocking(|c| address_index::index_new_recipients(c, 2))
+                .unwrap(),
+            2
+        );
         assert_eq!(
             to(&read(), Mode::Test, "ana@example.org"),
             ["msg_2", "msg_1"]
         );
         assert_eq!(to(&read(), Mode::Live, "ana@example.org"), ["msg_3"]);
-        assert_eq!(db.write_blocking(|c| index_addresses(c, 10)).unwrap(), 2);
-        assert!(!has_unindexed_recipients(&read()).unwrap());
-        assert_eq!(db.write_blocking(|c| index_addresses(c, 10)).unwrap(), 0);
+        assert_eq!(
+            db.write_blocking(|c| address_index::index_new_recipients(c, 10))
+                .unwrap(),
+            2
+        );
+        assert!(!address_index::has_unindexed_recipients(&read()).unwrap());
+        assert_eq!(
+            db.write_blocking(|c| address_index::index_new_recipients(c, 10))
+                .unwrap(),
+            0
+        );
         db.write_blocking(|c| -> Result<(), StoreError> {
             add_email(c, "msg_4", "test", &["ana@example.org"]);
             Ok(())

@@ -587,6 +587,43 @@ mod tests {
         assert_eq!(old_index, 0);
     }
 
+    #[test]
+    fn migration_10_makes_the_address_index_its_first_run() {
+        let mut conn = at_version(9);
+        add_email(&conn, "test");
+        conn.execute_batch(
+            "INSERT INTO recipient_addresses (mode, address_lower, email_id)
+             VALUES ('test', 'b@y.test', 'msg_1'), ('test', 'a@y.test', 'msg_1');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let entries: Vec<(i64, String)> = conn
+            .prepare("SELECT run, address_lower FROM recipient_addresses")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(entries, [(1, "a@y.test".into()), (1, "b@y.test".into())]);
+        let runs: Vec<(i64, i64)> = conn
+            .prepare("SELECT id, entries FROM recipient_address_runs")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(runs, [(1, 2)]);
+        // An empty index makes no run.
+        let mut empty = at_version(9);
+        migrate(&mut empty).unwrap();
+        let count: i64 = empty
+            .query_row("SELECT count(*) FROM recipient_address_runs", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(count, 0);
+    }
+
     /// Every row of `table` in id order, each rendered column by column, to compare a table
     /// before and after a rebuild.
     fn every_row(conn: &Connection, table: &str) -> Vec<String> {

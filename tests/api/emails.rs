@@ -685,6 +685,63 @@ async fn test_and_live_data_are_isolated() {
     );
 }
 
+/// The `to` filter through the server's own indexer: sends spread over several of its
+/// passes make runs of the address index, which it merges; before, during and after, the
+/// filter finds each address's emails, newest first, and no other.
+#[tokio::test]
+async fn to_filter_finds_every_email_as_the_index_is_merged() {
+    let app = spawn_app().await;
+    let addresses = ["ana@example.org", "bo@example.org", "cy@example.org"];
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); addresses.len()];
+    let db = rusqlite::Connection::open(&app.config.database.path).unwrap();
+    let merged_runs = || -> i64 {
+        // A merged run holds 8 or more entries; each pass here makes one of 2 to 4.
+        db.query_row(
+            "SELECT count(*) FROM recipient_address_runs
+             WHERE entries >= 8 AND id NOT IN (SELECT merging_into FROM recipient_address_runs
+                                               WHERE merging_into IS NOT NULL)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let check = |sent: Vec<Vec<String>>| {
+        let app = &app;
+        async move {
+            for (address, ids) in addresses.iter().zip(sent) {
+                let newest_first: Vec<String> = ids.into_iter().rev().collect();
+                assert_eq!(
+                    list_ids(app, &format!("to={address}&limit=100")).await,
+                    newest_first
+                );
+            }
+        }
+    };
+    let mut sends = 0;
+    while merged_runs() == 0 {
+        assert!(
+            sends < 60,
+            "no merge of the address index after {sends} sends"
+        );
+        let (to, cc) = (sends % 3, (sends + 1) % 3);
+        let mut body = mail();
+        body["to"] = json!(addresses[to].to_uppercase());
+        body["cc"] = json!([addresses[cc]]);
+        let id = app.send(&body).await["id"].as_str().unwrap().to_string();
+        sent[to].push(id.clone());
+        sent[cc].push(id);
+        sends += 1;
+        check(sent.clone()).await;
+        // More than the indexer's tick, so that most sends make a run of their own.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    check(sent.clone()).await;
+    let total: i64 = db
+        .query_row("SELECT count(*) FROM recipient_addresses", [], |r| r.get(0))
+        .unwrap();
+    assert!(total >= 16, "the index holds {total} entries");
+}
+
 #[tokio::test]
 async fn a_restart_keeps_everything() {
     let app = spawn_app().await;

@@ -1,0 +1,543 @@
+//! SQL of the `to` filter's address index: sorted runs, written by the indexer and merged
+//! in the background.
+//!
+//! An index keyed by address gets one random page per new entry once it outgrows what is
+//! added at a time, and SQLite logs whole pages on every commit: with distinct recipient
+//! addresses that page cost more than the email itself (batches of the ingest benchmark
+//! with random addresses: 19.3k emails/s and 5.4 KB of WAL per email after 40 s, against
+//! 26k and 3.4 KB with a thousand repeating ones; see migration 10 in schema.sql). So the
+//! index is a set of runs, as in a log-structured merge tree: each indexer pass writes its
+//! recipients as a new run, sorted, behind every other run (the run id leads the key), and
+//! runs of like size are merged into one, a chunk at a time. Each entry is so written once
+//! per merge it goes through (a handful over the life of a database: runs grow by
+//! [`FAN_IN`] each time), always in order. The filter looks the address up in every run.
+//!
+//! A merge moves a chunk of entries, in key order, from its source runs to its target run
+//! in one transaction, and remembers the last key moved: at every commit each entry is in
+//! a source or in the target, never in neither, so the filter is never short of one.
+
+use std::sync::LazyLock;
+
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+
+use crate::store::StoreError;
+use crate::store::rows::RowInsert;
+
+/// How many runs of one size class are merged into one. Runs of `FAN_IN^t` to
+/// `FAN_IN^(t+1) - 1` entries are of class `t`; a merge of `FAN_IN` of them makes a run of
+/// a higher class, so a database of `n` entries holds fewer than `FAN_IN` runs of each of
+/// about `log(n) / log(FAN_IN)` classes, and each entry is rewritten about that many times.
+pub const FAN_IN: usize = 8;
+
+/// The setting that holds the last recipient id copied to the index.
+const INDEXED_TO: &str = "recipients_indexed_to";
+
+/// The condition that selects the ids of the emails of one mode sent to one address, for
+/// `id IN (...)`: the indexed recipients, in every run, and those the indexer has not
+/// copied yet. Its parameters, in order: mode, lower-cased address, [`INDEXED_TO`]'s key,
+/// lower-cased address (see [`to_filter_args`]).
+pub const TO_FILTER: &str = "SELECT email_id FROM recipient_addresses
+         WHERE run IN (SELECT id FROM recipient_address_runs)
+           AND mode = ? AND address_lower = ?
+     UNION ALL
+     SELECT email_id FROM recipients
+         WHERE id > (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM settings
+                     WHERE key = ?)
+           AND address_lower = ?";
+
+/// The parameters of [`TO_FILTER`].
+pub fn to_filter_args(mode: &'static str, address_lower: String) -> [String; 4] {
+    [
+        mode.to_string(),
+        address_lower.clone(),
+        INDEXED_TO.to_string(),
+        address_lower,
+    ]
+}
+
+fn indexed_to(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1",
+            [INDEXED_TO],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Whether recipients wait to be copied to the index.
+pub fn has_unindexed_recipients(conn: &Connection) -> Result<bool, StoreError> {
+    let last: Option<i64> = conn.query_row("SELECT max(id) FROM recipients", [], |r| r.get(0))?;
+    Ok(last.unwrap_or(0) > indexed_to(conn)?)
+}
+
+/// Copies up to `limit` recipients not yet indexed into a new run, sorted, and moves the
+/// mark past them. Returns how many were copied.
+pub fn index_new_recipients(conn: &Connection, limit: usize) -> Result<usize, StoreError> {
+    let from = indexed_to(conn)?;
+    let (count, upto): (i64, Option<i64>) = conn.query_row(
+        "SELECT count(*), max(id) FROM (SELECT id FROM recipients WHERE id > ?1 ORDER BY id LIMIT ?2)",
+        params![from, limit as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(upto) = upto else {
+        return Ok(0);
+    };
+    let run = new_run(conn)?;
+    // The new run's id is the highest, so its entries are appended at the end of the table.
+    let entries = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO recipient_addresses (run, mode, address_lower, email_id)
+             SELECT ?1, mode, address_lower, email_id FROM recipients WHERE id > ?2 AND id <= ?3
+             ORDER BY 2, 3, 4",
+        )?
+        .execute(params![run, from, upto])?;
+    conn.prepare_cached("UPDATE recipient_address_runs SET entries = ?2 WHERE id = ?1")?
+        .execute(params![run, entries as i64])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?
+        .execute(params![INDEXED_TO, upto.to_string()])?;
+    Ok(count as usize)
+}
+
+/// A run with no entries yet, after every other.
+fn new_run(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO recipient_address_runs (id, entries)
+         SELECT coalesce(max(id), 0) + 1, 0 FROM recipient_address_runs",
+    )?
+    .execute([])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A run as the merge policy sees it.
+#[derive(Debug)]
+struct Run {
+    id: i64,
+    entries: i64,
+    /// The run this one's entries are moving to, while a merge is under way.
+    merging_into: Option<i64>,
+}
+
+impl Run {
+    /// The size class: runs of a class are merged together.
+    fn class(&self) -> u32 {
+        (self.entries.max(1) as u64).ilog(FAN_IN as u64)
+    }
+}
+
+/// An entry's key within a run, the position a merge has reached.
+type Key = (String, String, String);
+
+/// Does one step of merging, in the caller's transaction: moves up to about `chunk`
+/// entries of the merge under way (of the smallest runs, if several are), or starts one
+/// when `FAN_IN` runs of one size class are free. Returns whether there was anything to do;
+/// call it again until there is not.
+pub fn merge_step(conn: &Connection, chunk: usize) -> Result<bool, StoreError> {
+    let runs = conn
+        .prepare_cached("SELECT id, entries, merging_into FROM recipient_address_runs")?
+        .query_map([], |r| {
+            Ok(Run {
+                id: r.get(0)?,
+                entries: r.get(1)?,
+                merging_into: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let (target, sources) = match merge_under_way(&runs) {
+        Some(target) => {
+            let sources = runs.iter().filter(|r| r.merging_into == Some(target));
+            (target, sources.map(|r| r.id).collect())
+        }
+        None => match runs_to_merge(&runs) {
+            Some(sources) => (start_merge(conn, &sources)?, sources),
+            None => return Ok(false),
+        },
+    };
+    move_chunk(conn, target, &sources, chunk)?;
+    Ok(true)
+}
+
+/// The target of the smallest merge under way, so that small runs do not pile up behind a
+/// large merge.
+fn merge_under_way(runs: &[Run]) -> Option<i64> {
+    let mut left: Vec<(i64, i64)> = Vec::new();
+    for run in runs {
+        if let Some(target) = run.merging_into {
+            match left.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, entries)) => *entries += run.entries,
+                None => left.push((target, run.entries)),
+            }
+        }
+    }
+    left.into_iter()
+        .min_by_key(|&(target, entries)| (entries, target))
+        .map(|(target, _)| target)
+}
+
+/// The oldest `FAN_IN` free runs of the smallest size class that has that many.
+fn runs_to_merge(runs: &[Run]) -> Option<Vec<i64>> {
+    let targets: Vec<i64> = runs.iter().filter_map(|r| r.merging_into).collect();
+    let mut free: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.merging_into.is_none() && !targets.contains(&r.id))
+        .collect();
+    free.sort_by_key(|r| (r.class(), r.id));
+    free.chunk_by(|a, b| a.class() == b.class())
+        .find(|class| class.len() >= FAN_IN)
+        .map(|class| class[..FAN_IN].iter().map(|r| r.id).collect())
+}
+
+/// Makes the target run of a merge of `sources` and returns its id.
+fn start_merge(conn: &Connection, sources: &[i64]) -> Result<i64, StoreError> {
+    let target = new_run(conn)?;
+    let mut mark = conn.prepare_cached(
+        "UPDATE recipient_address_runs SET merging_into = ?2 WHERE id = ?1 AND merging_into IS NULL",
+    )?;
+    for source in sources {
+        mark.execute(params![source, target])?;
+    }
+    Ok(target)
+}
+
+/// The multi-row INSERT of merged entries (see `store::rows`).
+static ENTRY_ROWS: LazyLock<RowInsert> = LazyLock::new(|| {
+    RowInsert::new(
+        "recipient_addresses",
+        &["run", "mode", "address_lower", "email_id"],
+    )
+});
+
+/// Moves the entries of `sources` after `target`'s mark and up to about `chunk` of them, in
+/// key order, to `target`; when the sources are empty, removes them.
+///
+/// The merge is done here rather than by one `INSERT ... SELECT`: SQLite copies a SELECT
+/// from the table it inserts into to a temporary table first, and sorts entries that come
+/// from several runs; the two were half of a step's time. Each source gives its next
+/// entries already in order, and the target's new entries all come after its others.
+fn move_chunk(
+    conn: &Connection,
+    target: i64,
+    sources: &[i64],
+    chunk: usize,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let from: Key = conn
+        .prepare_cached(
+            "SELECT coalesce(merged_mode, ''), coalesce(merged_address, ''),
+                    coalesce(merged_email, '')
+             FROM recipient_address_runs WHERE id = ?1",
+        )?
+        .query_row([target], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    // The next `per_source` entries of each source. The chunk ends at the smallest last
+    // key of those that gave that many (a source that gave fewer has no more): no source
+    // has entries before it that were not read. When every source is short, the chunk
+    // takes the rest and the merge is done.
+    let per_source = (chunk / sources.len().max(1)).max(1);
+    let mut next_entries = conn.prepare_cached(
+        "SELECT mode, address_lower, email_id FROM recipient_addresses
+         WHERE run = ?1 AND (mode, address_lower, email_id) > (?2, ?3, ?4)
+         ORDER BY mode, address_lower, email_id LIMIT ?5",
+    )?;
+    let mut entries: Vec<Key> = Vec::with_capacity(per_source * sources.len());
+    let mut until: Option<Key> = None;
+    for source in sources {
+        let read = entries.len();
+        let rows = next_entries.query_map(
+            params![source, from.0, from.1, from.2, per_source as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        for row in rows {
+            entries.push(row?);
+        }
+        if entries.len() - read == per_source {
+            let last = entries.last().expect("a source gave entries");
+            if until.as_ref().is_none_or(|u| last < u) {
+                until = Some(last.clone());
+            }
+        }
+    }
+    if let Some(until) = &until {
+        entries.retain(|key| key <= until);
+    }
+    entries.sort_unstable();
+    // One email's recipients split between two passes can repeat an address in two runs.
+    entries.dedup();
+    let run = ToSqlOutput::from(target);
+    let mut values = Vec::with_capacity(entries.len() * 4);
+    for (mode, address, email) in &entries {
+        values.extend([
+            run.clone(),
+            ToSqlOutput::from(mode.as_str()),
+            ToSqlOutput::from(address.as_str()),
+            ToSqlOutput::from(email.as_str()),
+        ]);
+    }
+    ENTRY_ROWS.insert(conn, &values)?;
+    let upper = if until.is_some() {
+        " AND (mode, address_lower, email_id) <= (?5, ?6, ?7)"
+    } else {
+        ""
+    };
+    let mut args: Vec<&dyn ToSql> = vec![&target, &from.0, &from.1, &from.2];
+    if let Some((mode, address, email)) = &until {
+        args.extend([mode as &dyn ToSql, address, email]);
+    }
+    conn.prepare_cached(&format!(
+        "DELETE FROM recipient_addresses
+         WHERE run IN (SELECT id FROM recipient_address_runs WHERE merging_into = ?1)
+           AND (mode, address_lower, email_id) > (?2, ?3, ?4){upper}"
+    ))?
+    .execute(&*args)?;
+    if until.is_none() {
+        conn.prepare_cached("DELETE FROM recipient_address_runs WHERE merging_into = ?1")?
+            .execute([target])?;
+    }
+    // The mark moves to the last key moved, or goes when the merge is done.
+    let mark = until.as_ref();
+    conn.prepare_cached(
+        "UPDATE recipient_address_runs
+         SET entries = entries + ?2, merged_mode = ?3, merged_address = ?4, merged_email = ?5
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        target,
+        entries.len() as i64,
+        mark.map(|k| &k.0),
+        mark.map(|k| &k.1),
+        mark.map(|k| &k.2)
+    ])?;
+    tracing::trace!(
+        target_run = target,
+        moved = entries.len(),
+        done = until.is_none(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "merged address index entries"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::emails::store::tests::add_email;
+    use crate::emails::store::{ListFilter, list};
+    use crate::keys::Mode;
+    use crate::store::Db;
+
+    /// What the `to` filter finds, in a fresh read transaction.
+    fn found(db: &Db, mode: Mode, address: &str) -> BTreeSet<String> {
+        let filter = ListFilter {
+            to: Some(address.into()),
+            limit: 1_000,
+            ..Default::default()
+        };
+        list(&db.read_blocking().unwrap(), mode, &filter)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    fn runs(db: &Db) -> Vec<(i64, i64, Option<i64>)> {
+        db.read_blocking()
+            .unwrap()
+            .prepare("SELECT id, entries, merging_into FROM recipient_address_runs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Each run's `entries` is what it holds, and no entry belongs to a run that is gone.
+    fn assert_counts_hold(db: &Db) {
+        let conn = db.read_blocking().unwrap();
+        let held: Vec<(i64, i64)> = conn
+            .prepare("SELECT run, count(*) FROM recipient_addresses GROUP BY run ORDER BY run")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let runs = runs(db);
+        for (run, count) in &held {
+            let Some((_, entries, merging_into)) = runs.iter().find(|r| r.0 == *run) else {
+                panic!("entries of run {run}, which is gone");
+            };
+            // A source of a merge under way has given part of its entries away.
+            if merging_into.is_none() {
+                assert_eq!(entries, count, "entries of run {run}");
+            }
+        }
+    }
+
+    /// Small passes make many runs; merging them in steps of a few entries, with passes
+    /// in between, the filter finds every email at every commit, and at the end no merge
+    /// is left, each size class has fewer than `FAN_IN` runs, each run holds what it says,
+    /// and the index holds exactly the recipients' addresses.
+    #[test]
+    fn merging_runs_loses_no_email_at_any_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_test(dir.path());
+        let addresses = [
+            "ana@x.test",
+            "bo@x.test",
+            "cy@x.test",
+            "di@x.test",
+            "ed@x.test",
+        ];
+        // The emails each address should be found with, per mode.
+        let mut expected: Vec<(Mode, &str, BTreeSet<String>)> = Vec::new();
+        for mode in [Mode::Test, Mode::Live] {
+            for address in addresses {
+                expected.push((mode, address, BTreeSet::new()));
+            }
+        }
+        let check = |expected: &[(Mode, &str, BTreeSet<String>)]| {
+            for (mode, address, ids) in expected {
+                assert_eq!(&found(&db, *mode, address), ids, "{mode:?} {address}");
+            }
+        };
+        let mut next = 0;
+        let mut add = |expected: &mut Vec<(Mode, &str, BTreeSet<String>)>, n: usize| {
+            for _ in 0..n {
+                next += 1;
+                let id = format!("msg_{next:04}");
+                let mode = if next % 3 == 0 {
+                    Mode::Live
+                } else {
+                    Mode::Test
+                };
+                // Two or three addresses, one of them twice (to and cc, say).
+                let picked = [
+                    addresses[next % 5],
+                    addresses[(next * 7 + 1) % 5],
+                    addresses[next % 5],
+                ];
+                let email = id.clone();
+                db.write_blocking(move |c| -> Result<(), StoreError> {
+                    add_email(c, &email, mode.as_str(), &picked);
+                    Ok(())
+                })
+                .unwrap();
+                for address in picked {
+                    let slot = expected
+                        .iter_mut()
+                        .find(|(m, a, _)| *m == mode && *a == address)
+                        .unwrap();
+                    slot.2.insert(id.clone());
+                }
+            }
+        };
+        // Twenty passes of one to five recipients: runs of class 0 and 1.
+        for pass in 0..20 {
+            add(&mut expected, 1 + pass % 2);
+            db.write_blocking(move |c| index_new_recipients(c, 1 + pass % 5))
+                .unwrap();
+        }
+        check(&expected);
+        let mut steps = 0;
+        while db.write_blocking(|c| merge_step(c, 2)).unwrap() {
+            steps += 1;
+            check(&expected);
+            assert_counts_hold(&db);
+            if steps % 7 == 0 {
+                // New emails and passes while a merge is under way.
+                add(&mut expected, 2);
+                db.write_blocking(|c| index_new_recipients(c, 3)).unwrap();
+                check(&expected);
+            }
+            assert!(steps < 1_000, "merging does not end");
+        }
+        assert!(
+            steps > 10,
+            "merged in chunks of about two entries ({steps} steps)"
+        );
+        while db.write_blocking(|c| index_new_recipients(c, 100)).unwrap() > 0 {}
+        while db.write_blocking(|c| merge_step(c, 2)).unwrap() {}
+        check(&expected);
+        assert_counts_hold(&db);
+        let runs = runs(&db);
+        assert!(
+            runs.iter().all(|r| r.2.is_none()),
+            "no merge left: {runs:?}"
+        );
+        for class in 0..4 {
+            let of_class = runs
+                .iter()
+                .filter(|r| (r.1.max(1) as u64).ilog(FAN_IN as u64) == class)
+                .count();
+            assert!(
+                of_class < FAN_IN,
+                "{of_class} runs of class {class}: {runs:?}"
+            );
+        }
+        // The index holds what the recipients say, each entry once per run at most (one
+        // email's recipients split between two passes may leave a repeated address in
+        // both runs; the filter does not mind).
+        let conn = db.read_blocking().unwrap();
+        let entries = |sql: &str| -> Vec<(String, String, String)> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            entries(
+                "SELECT DISTINCT mode, address_lower, email_id FROM recipient_addresses ORDER BY 1, 2, 3"
+            ),
+            entries(
+                "SELECT DISTINCT mode, address_lower, email_id FROM recipients ORDER BY 1, 2, 3"
+            )
+        );
+    }
+
+    fn run(id: i64, entries: i64, merging_into: Option<i64>) -> Run {
+        Run {
+            id,
+            entries,
+            merging_into,
+        }
+    }
+
+    /// Merges take the oldest `FAN_IN` runs of one size class, the smallest class first,
+    /// and never a run already in a merge or the target of one.
+    #[test]
+    fn runs_of_one_size_class_are_merged_together() {
+        let mut runs: Vec<Run> = (1..=7).map(|id| run(id, 100, None)).collect();
+        // Seven runs of class 2 (64..511) and one of class 1: nothing to merge.
+        runs.push(run(8, 10, None));
+        assert_eq!(runs_to_merge(&runs), None);
+        runs.push(run(9, 500, None));
+        assert_eq!(runs_to_merge(&runs), Some((1..=7).chain([9]).collect()));
+        // Eight of class 1 come before those of class 2.
+        runs.extend((10..=16).map(|id| run(id, 8, None)));
+        assert_eq!(
+            runs_to_merge(&runs),
+            Some([8, 10, 11, 12, 13, 14, 15, 16].into())
+        );
+        // Runs in a merge, or a merge's target, are not free.
+        runs[7].merging_into = Some(20);
+        runs.push(run(20, 3, None));
+        assert_eq!(runs_to_merge(&runs), Some((1..=7).chain([9]).collect()));
+        assert_eq!(merge_under_way(&runs), Some(20));
+    }
+
+    /// Of two merges under way, the smaller goes first.
+    #[test]
+    fn the_smallest_merge_goes_first() {
+        let mut runs: Vec<Run> = (1..=8).map(|id| run(id, 600, Some(30))).collect();
+        runs.extend((9..=16).map(|id| run(id, 70, Some(31))));
+        runs.push(run(30, 1_000, None));
+        runs.push(run(31, 0, None));
+        assert_eq!(merge_under_way(&runs), Some(31));
+        assert_eq!(merge_under_way(&runs[..8]), Some(30));
+        assert_eq!(merge_under_way(&[]), None);
+    }
+}
