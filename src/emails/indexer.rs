@@ -60,9 +60,13 @@ pub async fn catch_up(db: &Db) -> Result<(), StoreError> {
 }
 
 /// Merges runs until none need it, one step per writer job so that requests get the writer
-/// in between; stops early at shutdown (a merge resumes where it stopped).
+/// in between. Stops early at shutdown, and after a tick's time, so that a large merge
+/// (millions of entries) does not hold back the copies, which would leave more and more
+/// recipients for the filter to read unindexed; a merge resumes where it stopped.
 pub async fn merge(db: &Db, shutdown: &watch::Receiver<bool>) -> Result<(), StoreError> {
+    let until = tokio::time::Instant::now() + TICK;
     while !*shutdown.borrow()
+        && tokio::time::Instant::now() < until
         && db
             .write_alone(|c| address_index::merge_step(c, MERGE_CHUNK))
             .await?
