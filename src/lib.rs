@@ -67,6 +67,9 @@ pub struct AppState {
     pub audience_sends: audiences::sender::SenderHandle,
     /// Gathers concurrent single sends into shared writer jobs.
     pub sends: Arc<emails::routes::SendCombiner>,
+    /// The public links' base URL and signer, keyed once (deriving the key hashes four
+    /// SHA-256 blocks, which every send and every link hit used to do again).
+    pub links: tracking::copies::Links,
 }
 
 /// Why the server could not start.
@@ -271,6 +274,7 @@ impl Application {
             templates: Arc::new(templates::TemplateCache::default()),
             webhooks,
             audience_sends: audience_sends.clone(),
+            links: links.clone(),
             sends: emails::routes::send_combiner(),
         });
         let auth = web::Data::new(AuthState::new(

@@ -71,10 +71,6 @@ fn prepare_one(
     Ok(prepared)
 }
 
-fn links(state: &AppState) -> Links {
-    Links::new(&state.config.server.public_url, &state.server_secret)
-}
-
 fn renderer(state: &AppState, auth: &Authenticated) -> SendRenderer {
     SendRenderer::new(state.db.clone(), state.templates.clone(), auth.mode())
 }
@@ -110,7 +106,6 @@ async fn prepare_batch(
         let len = part.len();
         let (state, auth) = (state.clone(), auth.clone());
         let mut templates = renderer(&state, &auth);
-        let links = links(&state);
         chunks.push(blocking(move || {
             let mut prepared = Vec::with_capacity(part.len());
             let mut errors = Vec::new();
@@ -122,7 +117,14 @@ async fn prepare_batch(
                         )
                         .with_field("audience_id"));
                     }
-                    prepare_one(&auth, &mut templates, &state.domains.senders, &links, r, id)
+                    prepare_one(
+                        &auth,
+                        &mut templates,
+                        &state.domains.senders,
+                        &state.links,
+                        r,
+                        id,
+                    )
                 });
                 match result {
                     Ok(p) => prepared.push(p),
@@ -236,14 +238,13 @@ async fn send_email(
     let auth2 = auth.clone();
     let state2 = state.clone();
     let mut templates = renderer(&state, &auth);
-    let links = links(&state);
     let prepared = blocking(move || {
         let id = crate::store::ids::new_id("msg");
         prepare_one(
             &auth2,
             &mut templates,
             &state2.domains.senders,
-            &links,
+            &state2.links,
             value,
             id,
         )

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use askama::Template;
 
 use super::store;
-use super::token::{Claims, Kind, Signer};
+use super::token::{Claims, Kind};
 use crate::AppState;
 use crate::store::StoreError;
 
@@ -73,7 +73,9 @@ fn failed() -> HttpResponse {
 }
 
 fn claims(state: &AppState, token: &str, kind: Kind) -> Option<Claims> {
-    Signer::new(&state.server_secret)
+    state
+        .links
+        .signer()
         .verify(token)
         .filter(|c| c.kind == kind)
 }
