@@ -145,39 +145,58 @@ pub fn merge_step(conn: &Connection, chunk: usize) -> Result<bool, StoreError> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let (target, sources) = match merge_under_way(&runs) {
-        Some(target) => {
+    let (target, sources) = match next_merge(&runs) {
+        Some(Next::Continue(target)) => {
             let sources = runs.iter().filter(|r| r.merging_into == Some(target));
             (target, sources.map(|r| r.id).collect())
         }
-        None => match runs_to_merge(&runs) {
-            Some(sources) => (start_merge(conn, &sources)?, sources),
-            None => return Ok(false),
-        },
+        Some(Next::Start(sources)) => (start_merge(conn, &sources)?, sources),
+        None => return Ok(false),
     };
     move_chunk(conn, target, &sources, chunk)?;
     Ok(true)
 }
 
-/// The target of the smallest merge under way, so that small runs do not pile up behind a
-/// large merge.
-fn merge_under_way(runs: &[Run]) -> Option<i64> {
-    let mut left: Vec<(i64, i64)> = Vec::new();
+/// What a merge step does next.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Moves entries of the merge into this target.
+    Continue(i64),
+    /// Starts a merge of these runs.
+    Start(Vec<i64>),
+}
+
+/// The smallest merge there is to do, under way or not, so that small runs do not pile up
+/// behind a large merge (one of millions of entries lasts a minute): several merges can be
+/// under way, of disjoint runs.
+fn next_merge(runs: &[Run]) -> Option<Next> {
+    match (merge_under_way(runs), runs_to_merge(runs)) {
+        (Some((_, busy)), Some((sources, entries))) if entries < busy => Some(Next::Start(sources)),
+        (Some((target, _)), _) => Some(Next::Continue(target)),
+        (None, Some((sources, _))) => Some(Next::Start(sources)),
+        (None, None) => None,
+    }
+}
+
+/// The target of the smallest merge under way, with the entries its sources held.
+fn merge_under_way(runs: &[Run]) -> Option<(i64, i64)> {
+    let mut merges: Vec<(i64, i64)> = Vec::new();
     for run in runs {
         if let Some(target) = run.merging_into {
-            match left.iter_mut().find(|(t, _)| *t == target) {
+            match merges.iter_mut().find(|(t, _)| *t == target) {
                 Some((_, entries)) => *entries += run.entries,
-                None => left.push((target, run.entries)),
+                None => merges.push((target, run.entries)),
             }
         }
     }
-    left.into_iter()
+    merges
+        .into_iter()
         .min_by_key(|&(target, entries)| (entries, target))
-        .map(|(target, _)| target)
 }
 
-/// The oldest `FAN_IN` free runs of the smallest size class that has that many.
-fn runs_to_merge(runs: &[Run]) -> Option<Vec<i64>> {
+/// The oldest `FAN_IN` free runs of the smallest size class that has that many, with
+/// their entries.
+fn runs_to_merge(runs: &[Run]) -> Option<(Vec<i64>, i64)> {
     let targets: Vec<i64> = runs.iter().filter_map(|r| r.merging_into).collect();
     let mut free: Vec<&Run> = runs
         .iter()
@@ -186,7 +205,13 @@ fn runs_to_merge(runs: &[Run]) -> Option<Vec<i64>> {
     free.sort_by_key(|r| (r.class(), r.id));
     free.chunk_by(|a, b| a.class() == b.class())
         .find(|class| class.len() >= FAN_IN)
-        .map(|class| class[..FAN_IN].iter().map(|r| r.id).collect())
+        .map(|class| {
+            let merged = &class[..FAN_IN];
+            (
+                merged.iter().map(|r| r.id).collect(),
+                merged.iter().map(|r| r.entries).sum(),
+            )
+        })
 }
 
 /// Makes the target run of a merge of `sources` and returns its id.
@@ -510,34 +535,48 @@ mod tests {
     /// and never a run already in a merge or the target of one.
     #[test]
     fn runs_of_one_size_class_are_merged_together() {
+        let ids = |merge: Option<(Vec<i64>, i64)>| merge.map(|(ids, _)| ids);
         let mut runs: Vec<Run> = (1..=7).map(|id| run(id, 100, None)).collect();
         // Seven runs of class 2 (64..511) and one of class 1: nothing to merge.
         runs.push(run(8, 10, None));
         assert_eq!(runs_to_merge(&runs), None);
+        assert_eq!(next_merge(&runs), None);
         runs.push(run(9, 500, None));
-        assert_eq!(runs_to_merge(&runs), Some((1..=7).chain([9]).collect()));
-        // Eight of class 1 come before those of class 2.
-        runs.extend((10..=16).map(|id| run(id, 8, None)));
         assert_eq!(
             runs_to_merge(&runs),
-            Some([8, 10, 11, 12, 13, 14, 15, 16].into())
+            Some(((1..=7).chain([9]).collect(), 1_200))
         );
+        // Eight of class 1 come before those of class 2.
+        runs.extend((10..=16).map(|id| run(id, 8, None)));
+        let small = vec![8, 10, 11, 12, 13, 14, 15, 16];
+        assert_eq!(ids(runs_to_merge(&runs)), Some(small.clone()));
+        assert_eq!(next_merge(&runs), Some(Next::Start(small)));
         // Runs in a merge, or a merge's target, are not free.
         runs[7].merging_into = Some(20);
         runs.push(run(20, 3, None));
-        assert_eq!(runs_to_merge(&runs), Some((1..=7).chain([9]).collect()));
-        assert_eq!(merge_under_way(&runs), Some(20));
+        assert_eq!(
+            ids(runs_to_merge(&runs)),
+            Some((1..=7).chain([9]).collect())
+        );
+        assert_eq!(merge_under_way(&runs), Some((20, 10)));
+        // The merge under way (10 entries) is smaller than the one there is to start.
+        assert_eq!(next_merge(&runs), Some(Next::Continue(20)));
     }
 
-    /// Of two merges under way, the smaller goes first.
+    /// Of two merges under way, the smaller goes first; and a merge of small runs starts
+    /// while a larger one is under way.
     #[test]
     fn the_smallest_merge_goes_first() {
         let mut runs: Vec<Run> = (1..=8).map(|id| run(id, 600, Some(30))).collect();
         runs.extend((9..=16).map(|id| run(id, 70, Some(31))));
         runs.push(run(30, 1_000, None));
         runs.push(run(31, 0, None));
-        assert_eq!(merge_under_way(&runs), Some(31));
-        assert_eq!(merge_under_way(&runs[..8]), Some(30));
+        assert_eq!(merge_under_way(&runs), Some((31, 560)));
+        assert_eq!(next_merge(&runs), Some(Next::Continue(31)));
+        assert_eq!(merge_under_way(&runs[..8]), Some((30, 4_800)));
         assert_eq!(merge_under_way(&[]), None);
+        // Eight runs of 10 entries (80 in all) go before both.
+        runs.extend((40..=47).map(|id| run(id, 10, None)));
+        assert_eq!(next_merge(&runs), Some(Next::Start((40..=47).collect())));
     }
 }
