@@ -35,7 +35,7 @@ const INDEXED_TO: &str = "recipients_indexed_to";
 
 /// The condition that selects the ids of the emails of one mode sent to one address, for
 /// `id IN (...)`: the indexed recipients, in every run, and those the indexer has not
-/// copied yet. Its parameters, in order: mode, lower-cased address, [`INDEXED_TO`]'s key,
+/// copied yet. Its parameters, in order: mode, lower-cased address, `INDEXED_TO`'s key,
 /// lower-cased address (see [`to_filter_args`]).
 pub const TO_FILTER: &str = "SELECT email_id FROM recipient_addresses
          WHERE run IN (SELECT id FROM recipient_address_runs)

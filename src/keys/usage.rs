@@ -72,7 +72,7 @@ fn record(conn: &Connection, uses: &[(String, i64)]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes the noted uses every [`FLUSH_EVERY`], and a last time when `shutdown` fires.
+/// Writes the noted uses every `FLUSH_EVERY`, and a last time when `shutdown` fires.
 pub async fn run(db: Db, usage: Arc<KeyUsage>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let stopping = tokio::select! {

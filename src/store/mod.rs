@@ -16,7 +16,7 @@
 //! ([`combine::Combiner`]): single sends are then written with the multi-row statements of
 //! a batch.
 //!
-//! WAL checkpoints run on their own thread and connection ([`checkpoint`]), so copying
+//! WAL checkpoints run on their own thread and connection (`checkpoint`), so copying
 //! pages back into the database file never holds up the writer.
 
 mod checkpoint;

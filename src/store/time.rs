@@ -27,7 +27,7 @@ pub fn format(unix: i64) -> String {
     )
 }
 
-/// Serializes Unix seconds as [`format`] writes them (`#[serde(serialize_with)]`).
+/// Serializes Unix seconds as [`format()`] writes them (`#[serde(serialize_with)]`).
 pub fn serialize<S: serde::Serializer>(unix: &i64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format(*unix))
 }

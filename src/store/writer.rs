@@ -223,7 +223,7 @@ impl WriterStats {
 }
 
 /// A write a request is about to queue (a single send, while it is being prepared): the
-/// writer lets its transaction gather a moment longer for it (see [`GATHER_WINDOW`]).
+/// writer lets its transaction gather a moment longer for it (see `GATHER_WINDOW`).
 /// Spent by [`ExpectedWrite::run_repeatable`] (or a [`super::combine::Combiner`]); dropping
 /// it unspent withdraws it.
 pub struct ExpectedWrite {
@@ -236,7 +236,7 @@ impl ExpectedWrite {
         self.writer.clone()
     }
 
-    /// Like [`Writer::run`] for work that may run more than once (see [`RepeatableJob`]):
+    /// Like [`Writer::run`] for work that may run more than once (see `RepeatableJob`):
     /// `f` must only read its captures and write to the database. The expectation is
     /// withdrawn once the job is queued.
     pub async fn run_repeatable<T, E, F>(self, f: F) -> Result<T, E>
@@ -274,7 +274,7 @@ impl Writer {
     /// Starts the writer thread, which owns `conn` from now on.
     /// `checkpointer` is told of every commit (the writer's own connection never
     /// checkpoints on its own, see `store::checkpoint`). `gather_window` is
-    /// [`GATHER_WINDOW`] but in tests.
+    /// `GATHER_WINDOW` but in tests.
     pub fn start(conn: Connection, checkpointer: Checkpointer, gather_window: Duration) -> Writer {
         let (tx, rx) = mpsc::channel();
         let expected = Arc::new(AtomicUsize::new(0));
