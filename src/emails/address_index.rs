@@ -494,7 +494,7 @@ mod tests {
         for class in 0..4 {
             let of_class = runs
                 .iter()
-                .filter(|r| (r.1.max(1) as u64).ilog(FAN_IN as u64) == class)
+                .filter(|r| run(r.0, r.1, r.2).class() == class)
                 .count();
             assert!(
                 of_class < FAN_IN,
