@@ -166,6 +166,18 @@ impl Senders {
         resolved.into_answer()
     }
 
+    /// Whether emails of `mode` from `from_domain` (ASCII) are known to go out unsigned or
+    /// refused, from the kept answers alone: never reads the database, so the async threads
+    /// may ask. False for a signing domain and for one not asked about yet.
+    pub fn known_unsigned(&self, mode: Mode, from_domain: &str) -> bool {
+        let key = (mode, from_domain.to_ascii_lowercase());
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        matches!(
+            known.answers.get(&key),
+            Some(Resolved::Unsigned | Resolved::Refused(_))
+        )
+    }
+
     /// Reads and judges the domain's row (`name` in lowercase).
     fn resolve(&self, mode: Mode, name: &str) -> Result<Resolved, ApiError> {
         let row = {

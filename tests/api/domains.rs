@@ -723,6 +723,52 @@ async fn test_mode_domains_sign_captured_mail_and_keep_the_from_envelope_until_t
     assert_eq!(envelope, format!("bounces+{id}@bounces.acme.test"));
 }
 
+/// The raw message of a sent email.
+async fn raw_of(app: &TestApp, sent: &Value) -> String {
+    let id = sent["id"].as_str().unwrap();
+    let e = get(
+        app,
+        &app.test_key,
+        &format!("/v1/emails/{id}?include=content"),
+    )
+    .await;
+    e["raw"].as_str().unwrap().to_string()
+}
+
+/// Sends from a domain known to sign nothing are built on the async thread; adding the
+/// domain must end that at once, so the very next send is signed, and a send too large to
+/// build there is signed as well.
+#[tokio::test]
+async fn a_domain_added_after_unsigned_sends_signs_the_next_one() {
+    let dns = TestDnsServer::start().await;
+    let app = spawn_app_with(|c| with_dns(c, dns.addr())).await;
+    for _ in 0..3 {
+        let raw = raw_of(&app, &app.send(&mail()).await).await;
+        assert!(!raw.contains("DKIM-Signature"), "{raw}");
+    }
+    create(&app, &app.test_key, "acme.test").await;
+    let raw = raw_of(&app, &app.send(&mail()).await).await;
+    assert!(
+        raw.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=mf; d=acme.test;"),
+        "{raw}"
+    );
+    let mut large = mail();
+    large["html"] = json!(format!("<p>{}</p>", "Long receipt line. ".repeat(2_000)));
+    let raw = raw_of(&app, &app.send(&large).await).await;
+    assert!(
+        raw.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=mf; d=acme.test;"),
+        "{}",
+        &raw[..200]
+    );
+    // Another From domain still goes out unsigned, on its second send too.
+    let mut other = mail();
+    other["from"] = json!("a@other.test");
+    for _ in 0..2 {
+        let raw = raw_of(&app, &app.send(&other).await).await;
+        assert!(!raw.contains("DKIM-Signature"), "{raw}");
+    }
+}
+
 #[tokio::test]
 async fn reputation_is_computed_from_the_domains_own_deliveries() {
     let dns = TestDnsServer::start().await;
