@@ -478,5 +478,20 @@ async fn metrics_count_requests_and_accepted_emails() {
         text.contains("mailsflux_http_request_duration_seconds"),
         "{text}"
     );
+    // Every request counted is in the histogram, whose buckets around 20 ms
+    // `scripts/bench-ingest` reads the server's own p99 from.
+    let within = |le: &str| {
+        let bucket = format!("mailsflux_http_request_duration_seconds_bucket{{le=\"{le}\"}}");
+        assert!(text.contains(&bucket), "no {bucket} in {text}");
+        value(&bucket, &[])
+    };
+    assert_eq!(
+        within("+Inf"),
+        value("mailsflux_http_requests_total{", &[]),
+        "{text}"
+    );
+    assert!(within("0.01") <= within("0.015"), "{text}");
+    assert!(within("0.015") <= within("0.02"), "{text}");
+    assert!(within("0.02") <= within("0.025"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"));
 }
