@@ -4,7 +4,8 @@
 //! through one writer thread ([`Db::write`]) that takes every job waiting in its queue, runs
 //! them in one transaction (each inside its own savepoint, so one failing job does not undo
 //! the others), commits once and only then answers each caller. That is group commit: with
-//! `synchronous = full` one fsync covers many requests, and an answer always means "on disk".
+//! `synchronous = full` one fsync covers many requests, and an answer always means "on disk"
+//! (the fsync is made by a thread of its own while the writer goes on, see `writer`).
 //! Jobs that may safely run twice ([`ExpectedWrite::run_repeatable`], such as the write of
 //! single sends) share one savepoint instead: a savepoint copies each page its job changes
 //! into a journal, a fifth of the writer's work per single send. If one of them fails, the
@@ -113,7 +114,16 @@ impl Db {
             .max_size(8)
             .min_idle(Some(1))
             .build(manager)?;
-        let writer = Writer::start(conn, checkpointer, writer::GATHER_WINDOW);
+        // Under `full` the writer commits without syncing and a thread of its own syncs the
+        // WAL before any answer (see `writer::Syncer`).
+        let sync_wal = match config.synchronous {
+            Synchronous::Full => {
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                Some(PathBuf::from(format!("{}-wal", path.display())))
+            }
+            Synchronous::Normal => None,
+        };
+        let writer = Writer::start(conn, checkpointer, writer::GATHER_WINDOW, sync_wal);
         Ok(Db {
             readers,
             writer,

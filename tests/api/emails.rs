@@ -919,3 +919,39 @@ async fn concurrent_sends_each_get_their_own_email() {
         .unwrap();
     assert_eq!(page["data"].as_array().unwrap().len(), live_sends);
 }
+
+/// Under `synchronous = "full"` the writer commits without syncing and a thread of its own
+/// syncs the WAL before any answer: sends made at once and a batch are all answered, and
+/// all there after a restart (the shutdown answers and syncs what was waiting).
+#[tokio::test]
+async fn under_full_sync_concurrent_writes_are_answered_and_kept() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.database.synchronous = mailsflux::config::Synchronous::Full;
+    })
+    .await;
+    let sends = (0..20).map(|i| {
+        let mut body = mail();
+        body["to"] = json!(format!("full{i}@example.org"));
+        let app = &app;
+        async move { app.send(&body).await["id"].as_str().unwrap().to_string() }
+    });
+    let mut ids = futures_util::future::join_all(sends).await;
+    let items: Vec<Value> = (0..50).map(|_| mail()).collect();
+    let res = app
+        .post("/v1/emails/batch", &app.test_key, &json!(items))
+        .await;
+    assert_eq!(res.status(), 200);
+    let batch: Value = res.json().await.unwrap();
+    ids.extend(
+        batch["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string()),
+    );
+    assert_eq!(ids.len(), 70);
+    let app = app.restart().await;
+    for id in &ids {
+        assert_eq!(app.email(&app.test_key, id).await["id"], id.as_str());
+    }
+}
