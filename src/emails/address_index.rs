@@ -381,13 +381,10 @@ mod tests {
     /// Each run's `entries` is what it holds, and no entry belongs to a run that is gone.
     fn assert_counts_hold(db: &Db) {
         let conn = db.read_blocking().unwrap();
-        let held: Vec<(i64, i64)> = conn
-            .prepare("SELECT run, count(*) FROM recipient_addresses GROUP BY run ORDER BY run")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let held: Vec<(i64, i64)> = crate::store::pairs(
+            &conn,
+            "SELECT run, count(*) FROM recipient_addresses GROUP BY run ORDER BY run",
+        );
         let runs = runs(db);
         for (run, count) in &held {
             let Some((_, entries, merging_into)) = runs.iter().find(|r| r.0 == *run) else {

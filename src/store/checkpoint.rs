@@ -85,7 +85,7 @@ impl Checkpointer {
     /// Starts the thread; `conn` is its own connection to the database.
     pub fn start(conn: Connection) -> Checkpointer {
         let db_path = PathBuf::from(conn.path().unwrap_or_default());
-        let wal_path = PathBuf::from(format!("{}-wal", db_path.display()));
+        let wal_path = super::wal_path(&db_path);
         // Read-only is enough to sync it (see `run`); without it, passes still run.
         let db_file = std::fs::File::open(&db_path)
             .inspect_err(|e| tracing::warn!(error = %e, "cannot open the database file to sync it"))
@@ -332,7 +332,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let wal = db.path().with_extension("db-wal");
+        let wal = crate::store::wal_path(db.path());
         let restarts_before = wal_restarts(&wal);
         // The bound on the WAL file is under the hard limit, so the writer's own limit
         // cannot be what restarts the log while the file stays under it.

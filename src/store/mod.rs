@@ -119,7 +119,7 @@ impl Db {
         let sync_wal = match config.synchronous {
             Synchronous::Full => {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
-                Some(PathBuf::from(format!("{}-wal", path.display())))
+                Some(wal_path(&path))
             }
             Synchronous::Normal => None,
         };
@@ -267,6 +267,29 @@ impl Drop for Snapshot<'_> {
 const READER_CACHE_KIB: i64 = -1_000;
 
 /// Opens a connection with the pragmas every connection uses.
+/// The WAL file SQLite keeps beside the database at `db`: its name with `-wal` appended
+/// (byte for byte, so a path that is not UTF-8 names the right file too).
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Every row of a two-column query, for tests that compare a table with what they expect.
+#[cfg(test)]
+pub(crate) fn pairs<A, B>(conn: &Connection, sql: &str) -> Vec<(A, B)>
+where
+    A: rusqlite::types::FromSql,
+    B: rusqlite::types::FromSql,
+{
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
     configure_library();
     let conn = Connection::open(path)?;
@@ -511,13 +534,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(content, ("<p>hi</p>".into(), "hi".into(), b"AB".to_vec()));
-        let copies: Vec<(i64, Vec<u8>)> = conn
-            .prepare("SELECT recipient_id, raw FROM recipient_copies")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let copies: Vec<(i64, Vec<u8>)> =
+            pairs(&conn, "SELECT recipient_id, raw FROM recipient_copies");
         assert_eq!(copies, vec![(7, b"CD".to_vec())]);
         let email_columns: i64 = conn
             .query_row(
@@ -607,21 +625,10 @@ mod tests {
         )
         .unwrap();
         migrate(&mut conn).unwrap();
-        let entries: Vec<(i64, String)> = conn
-            .prepare("SELECT run, address_lower FROM recipient_addresses")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let entries: Vec<(i64, String)> =
+            pairs(&conn, "SELECT run, address_lower FROM recipient_addresses");
         assert_eq!(entries, [(1, "a@y.test".into()), (1, "b@y.test".into())]);
-        let runs: Vec<(i64, i64)> = conn
-            .prepare("SELECT id, entries FROM recipient_address_runs")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let runs: Vec<(i64, i64)> = pairs(&conn, "SELECT id, entries FROM recipient_address_runs");
         assert_eq!(runs, [(1, 2)]);
         // An empty index makes no run.
         let mut empty = at_version(9);
