@@ -598,3 +598,12 @@ INSERT INTO recipient_addresses_in_runs (run, mode, address_lower, email_id)
     SELECT 1, mode, address_lower, email_id FROM recipient_addresses ORDER BY 2, 3, 4;
 DROP TABLE recipient_addresses;
 ALTER TABLE recipient_addresses_in_runs RENAME TO recipient_addresses;
+
+-- migration: 11
+-- A run the indexer is still writing. It copies a pass's recipients in short transactions
+-- (src/emails/address_index.rs, `RunCopy`), so that requests get the writer in between:
+-- one transaction per pass held every other write for 15-20 ms, several times a second.
+-- Until its last part clears `filling`, no merge takes the run and its recipients are
+-- still after `recipients_indexed_to` (the filter reads them there as well); a run a crash
+-- left filling is dropped by the next copy, which copies its recipients again.
+ALTER TABLE recipient_address_runs ADD COLUMN filling INTEGER NOT NULL DEFAULT 0;

@@ -20,13 +20,14 @@ use crate::store::{Db, StoreError};
 /// second instead of every 100 ms (when copies still wrote into one sorted B-tree), with
 /// single-send p99 unchanged; every second gained nothing more.
 const TICK: Duration = Duration::from_millis(500);
-/// Most recipients copied per transaction: a half second of batches at the benchmark's
-/// rate; a backlog larger than that (after a restart, say) is copied in several
-/// transactions, so requests get the writer in between.
+/// Most recipients copied per pass: a half second of batches at the benchmark's rate; a
+/// backlog larger than that (after a restart, say) is copied as several runs.
 const CHUNK: usize = 25_000;
-/// Most index entries a merge moves per transaction: a few milliseconds of the writer, so
-/// that a request waiting behind a step is not held long.
-const MERGE_CHUNK: usize = 2_048;
+/// Most index entries written per transaction, by a copy or a merge step: about a
+/// millisecond of the writer on the 2-core benchmark machine, so that a request waiting
+/// behind one is hardly held. (Copies of a whole pass and merge steps of 2,048 entries
+/// held the writer for 15–20 and 7–10 ms, and made most of the single sends' p99.)
+const PART: usize = 512;
 
 /// Runs until `shutdown` turns true.
 pub async fn run(db: Db, mut shutdown: watch::Receiver<bool>) {
@@ -44,15 +45,29 @@ pub async fn run(db: Db, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Copies every recipient accepted so far, a chunk per transaction. Each transaction is
-/// the job's own (`Db::write_alone`): sharing one would put it in a savepoint, which
-/// journals every page it touches.
+/// Copies every recipient accepted so far, a run per [`CHUNK`] recipients. The entries
+/// are read and sorted on a reader connection; the writer appends them [`PART`] at a time,
+/// each part a transaction of its own (`Db::write_alone`: sharing one would put it in a
+/// savepoint, which journals every page it touches).
 pub async fn catch_up(db: &Db) -> Result<(), StoreError> {
-    while db.read(address_index::has_unindexed_recipients).await? {
-        let copied = db
-            .write_alone(|c| address_index::index_new_recipients(c, CHUNK))
-            .await?;
-        if copied < CHUNK {
+    while let Some(mut copy) = db
+        .read(|c| address_index::RunCopy::of_new_recipients(c, CHUNK))
+        .await?
+    {
+        let recipients = copy.recipients();
+        loop {
+            let (written, more) = db
+                .write_alone(move |c| {
+                    let more = copy.write_next(c, PART)?;
+                    Ok::<_, StoreError>((copy, more))
+                })
+                .await?;
+            if !more {
+                break;
+            }
+            copy = written;
+        }
+        if recipients < CHUNK {
             break;
         }
     }
@@ -68,7 +83,7 @@ pub async fn merge(db: &Db, shutdown: &watch::Receiver<bool>) -> Result<(), Stor
     while !*shutdown.borrow()
         && tokio::time::Instant::now() < until
         && db
-            .write_alone(|c| address_index::merge_step(c, MERGE_CHUNK))
+            .write_alone(|c| address_index::merge_step(c, PART))
             .await?
     {}
     Ok(())

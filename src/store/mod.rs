@@ -266,7 +266,6 @@ impl Drop for Snapshot<'_> {
 /// Page cache of each read connection, in KiB as `PRAGMA cache_size` takes it (negative).
 const READER_CACHE_KIB: i64 = -1_000;
 
-/// Opens a connection with the pragmas every connection uses.
 /// The WAL file SQLite keeps beside the database at `db`: its name with `-wal` appended
 /// (byte for byte, so a path that is not UTF-8 names the right file too).
 pub(crate) fn wal_path(db: &Path) -> PathBuf {
@@ -290,6 +289,7 @@ where
         .unwrap()
 }
 
+/// Opens a connection with the pragmas every connection uses.
 pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
     configure_library();
     let conn = Connection::open(path)?;
@@ -639,6 +639,22 @@ mod tests {
             })
             .unwrap();
         assert_eq!(count, 0);
+    }
+
+    /// The runs there are when the indexer starts copying in parts are complete ones.
+    #[test]
+    fn migration_11_keeps_every_run_complete() {
+        let mut conn = at_version(10);
+        add_email(&conn, "test");
+        conn.execute_batch(
+            "INSERT INTO recipient_address_runs (id, entries) VALUES (1, 1);
+             INSERT INTO recipient_addresses (run, mode, address_lower, email_id)
+                 VALUES (1, 'test', 'a@y.test', 'msg_1');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let runs: Vec<(i64, i64)> = pairs(&conn, "SELECT id, filling FROM recipient_address_runs");
+        assert_eq!(runs, [(1, 0)]);
     }
 
     /// Every row of `table` in id order, each rendered column by column, to compare a table
