@@ -106,7 +106,9 @@ enum PermissionArg {
     SendingAccess,
 }
 
-/// At most four glibc malloc arenas. By default glibc gives busy threads their own arena
+/// glibc's allocator tuned for a server's RSS.
+///
+/// At most four malloc arenas. By default glibc gives busy threads their own arena
 /// (up to 8 per core) and keeps each one's freed memory, so the blocking threads of a busy
 /// server added megabytes of RSS each (72 MB after the ingest benchmark). Two arenas kept
 /// it at 48 MB, but then the database writer shared an arena with the threads that build
@@ -114,16 +116,25 @@ enum PermissionArg {
 /// 15% fewer emails/s than with four. Four, with the trim after bursts (`ops::memory`),
 /// measured 41-44 MB a second after the ingest benchmark; its peak is higher (74-76 MB
 /// against 65-68 MB with two), which is the price of the writer's own arena.
-fn limit_malloc_arenas() {
+///
+/// And a fixed mmap threshold of 256 KB: blocks that large are mapped on their own and go
+/// back to the system when freed. glibc raises the threshold to the size of each mapped
+/// block freed (up to 32 MB), so after one large buffer (the indexer's copy of a pass,
+/// about 1 MB) the megabytes of batch bodies and parsed batches came from the arenas
+/// instead and left pages there that `malloc_trim` cannot give back: 47-59 MB a second
+/// after the ingest benchmark, 44-50 MB with the fixed threshold (41-43 before the copy
+/// had a buffer of its own; it also keeps a reader's page cache, about 3 MB in use).
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; it runs before any thread is started.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 4);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     init_logging();
     let command = match cli.command {
