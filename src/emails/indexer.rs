@@ -45,8 +45,8 @@ pub async fn run(db: Db, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Copies every recipient accepted so far, a run per [`CHUNK`] recipients. The entries
-/// are read and sorted on a reader connection; the writer appends them [`PART`] at a time,
+/// Copies every recipient accepted so far, a run per `CHUNK` recipients. The entries
+/// are read and sorted on a reader connection; the writer appends them `PART` at a time,
 /// each part a transaction of its own (`Db::write_alone`: sharing one would put it in a
 /// savepoint, which journals every page it touches).
 pub async fn catch_up(db: &Db) -> Result<(), StoreError> {
