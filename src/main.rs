@@ -122,7 +122,7 @@ enum PermissionArg {
 /// block freed (up to 32 MB), so after one large buffer (the indexer's copy of a pass,
 /// about 1 MB) the megabytes of batch bodies and parsed batches came from the arenas
 /// instead and left pages there that `malloc_trim` cannot give back: 47-59 MB a second
-/// after the ingest benchmark, 44-50 MB with the fixed threshold (41-43 before the copy
+/// after the ingest benchmark, 44-53 MB with the fixed threshold (39-46 before the copy
 /// had a buffer of its own; it also keeps a reader's page cache, about 3 MB in use).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
