@@ -123,7 +123,7 @@ enum PermissionArg {
 /// about 1 MB) the megabytes of batch bodies and parsed batches came from the arenas
 /// instead and left pages there that `malloc_trim` cannot give back: 47-59 MB a second
 /// after the ingest benchmark, 44-53 MB with the fixed threshold (39-46 before the copy
-/// had a buffer of its own; it also keeps a reader's page cache, about 3 MB in use).
+/// had a buffer of its own; see `emails::indexer::catch_up` for the reader's cache).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; it runs before any thread is started.
