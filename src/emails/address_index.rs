@@ -745,7 +745,7 @@ mod tests {
     /// every email, and no merge takes the run while it fills, though it would make the
     /// eighth run of its size class. One abandoned halfway (a crash) is dropped by the next
     /// copy, which copies the same recipients again; and a copy whose run is gone (another
-    /// copy dropped it) does not move the mark.
+    /// copy dropped it), or that read before another one moved the mark, does not move it.
     #[test]
     fn a_copy_in_parts_is_found_at_every_commit_and_redone_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
@@ -791,6 +791,8 @@ mod tests {
             runs(&db)
         );
 
+        // A copy read now but finished after the next one: it writes nothing wrong.
+        let stale = new_copy(&db);
         // The next copy starts over: the same recipients, the abandoned run dropped.
         let mut copy = new_copy(&db);
         assert_eq!(copy.recipients(), 24);
@@ -822,6 +824,18 @@ mod tests {
         assert_eq!(indexed_to(&db.read_blocking().unwrap()).unwrap(), indexed);
         check(&expected);
         assert_counts_hold(&db);
+        // So does the stale one, whose run is new and whose entries clash with nothing:
+        // the mark moved since it read, so it leaves no run and the mark where it is.
+        let before = runs(&db);
+        assert!(
+            db.write_blocking(move |c| {
+                let mut stale = stale;
+                stale.write_next(c, usize::MAX)
+            })
+            .is_err()
+        );
+        assert_eq!(indexed_to(&db.read_blocking().unwrap()).unwrap(), indexed);
+        assert_eq!(runs(&db), before);
 
         // An eighth run of one entry: the eight are merged, every email still found.
         send(&mut expected, &["di@x.test"]);
