@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 2 usage or configuration error (naming the setting), 1 other
 //! failure.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -302,8 +303,11 @@ fn import_contacts(config: &DatabaseConfig, audience: &str, path: &std::path::Pa
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("MAILSFLUX_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // Colours only on a terminal: in a file, journald or `docker logs` the escape codes
+    // are noise around every field.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -77,6 +77,8 @@ impl Server {
         let port = free_port();
         let mut child = mailsflux(dir)
             .arg("serve")
+            // As a service manager starts it: the log must be plain without being asked.
+            .env_remove("NO_COLOR")
             .env("MAILSFLUX_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             // Not a setting (no double underscore): must not stop the start.
             .env("MAILSFLUX_ADMIN_PASSWORD", "not-a-setting")
@@ -366,6 +368,11 @@ fn serve_first_start_one_server_per_database_and_sigterm() {
         "{}",
         server.stderr.lock().unwrap()
     );
+    // The log went to a pipe, not a terminal: plain text, no colour escape codes (they
+    // would clutter a log file, journald and `docker logs`).
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(log.contains("mailsflux is serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
 
     // The stop wrote when the key was last used: `keys list` shows it.
     let out = run(mailsflux(dir.path()).args(["keys", "list"]));
