@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole configuration. Each section mirrors a `[section]` of `mailsflux.toml`.
@@ -443,23 +443,31 @@ impl<'de> Deserialize<'de> for Nameserver {
     }
 }
 
-/// Accepts numbers and booleans for string settings: an environment variable such as
-/// `MAILSFLUX_DELIVERY__RELAY__PASSWORD=123456` arrives as a number.
+/// Accepts numbers and booleans for text settings: the file may say `password = 123456`.
 fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Any {
-        S(String),
-        I(i64),
-        F(f64),
-        B(bool),
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a text")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
     }
-    Ok(match Any::deserialize(d)? {
-        Any::S(s) => s,
-        Any::I(i) => i.to_string(),
-        Any::F(f) => f.to_string(),
-        Any::B(b) => b.to_string(),
-    })
+    d.deserialize_any(Text)
 }
 
 /// A configuration problem that stops the start (exit code 2).
@@ -476,12 +484,84 @@ impl std::error::Error for ConfigError {}
 
 const ENV_PREFIX: &str = "MAILSFLUX_";
 
+/// One `MAILSFLUX_<SECTION>__<KEY>` variable as a configuration source.
+///
+/// figment's own `Env` parses every value as if it were TOML, so a password `0123` became
+/// the number 123 and came back as the string "123", and one starting with `[` was refused
+/// as a list. Here a value is kept as the text it is (the extraction is lossy, so "2525"
+/// still fills a port and "true" a switch); only a value that starts like a list, a table
+/// or a quoted string is parsed, which is how lists are written (`'["1s","2s"]'`) and how a
+/// text starting with `[` can still be given (`'"[abc"'`).
+struct EnvSetting {
+    /// The setting's dotted path, e.g. `delivery.relay.port`.
+    key: String,
+    value: figment::value::Value,
+}
+
+impl EnvSetting {
+    /// The settings among environment variables.
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<EnvSetting> {
+        vars.into_iter()
+            .filter_map(|(name, text)| {
+                Some(EnvSetting {
+                    key: setting_key(&name)?,
+                    value: env_value(&text),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The dotted setting a variable named `MAILSFLUX_<SECTION>__<KEY>` (in any case) sets. A
+/// name without a double underscore (`MAILSFLUX_ADMIN_PASSWORD`) is not a setting.
+fn setting_key(name: &str) -> Option<String> {
+    let rest = name
+        .get(..ENV_PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+        .map(|_| &name[ENV_PREFIX.len()..])?;
+    if !rest.contains("__") {
+        return None;
+    }
+    let key = rest
+        .split("__")
+        .filter(|part| !part.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".");
+    (!key.is_empty()).then_some(key)
+}
+
+/// The value of an environment variable, as [`EnvSetting`] reads it.
+fn env_value(text: &str) -> figment::value::Value {
+    if text.trim_start().starts_with(['[', '{', '"']) {
+        text.parse().expect("parsing a figment value is infallible")
+    } else {
+        figment::value::Value::from(text.to_string())
+    }
+}
+
+impl figment::Provider for EnvSetting {
+    fn metadata(&self) -> figment::Metadata {
+        // The name figment's `Env` gives, which error messages quote as the source.
+        figment::Metadata::named(format!("`{ENV_PREFIX}` environment variable(s)"))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let nested = figment::util::nest(&self.key, self.value.clone())
+            .into_dict()
+            .expect("a non-empty key nests into a table");
+        Ok(figment::Profile::Default.collect(nested))
+    }
+}
+
 impl Config {
     /// Loads defaults, then the file (an explicit `--config` must exist; `./mailsflux.toml` is
     /// read when present), then the environment, and checks every value.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let config: Config = Self::figment(file)?
-            .extract()
+            .extract_lossy()
             .map_err(describe_figment_error)?;
         config.check()?;
         Ok(config)
@@ -491,7 +571,7 @@ impl Config {
     /// setting elsewhere stops `serve`, not the commands that never use it.
     pub fn load_database(file: Option<&Path>) -> Result<DatabaseConfig, ConfigError> {
         let database: DatabaseConfig = Self::figment(file)?
-            .extract_inner("database")
+            .extract_inner_lossy("database")
             .map_err(describe_figment_error)?;
         if database.path.as_os_str().is_empty() {
             return Err(ConfigError(format!(
@@ -503,6 +583,27 @@ impl Config {
     }
 
     fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut vars = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            match value.into_string() {
+                Ok(value) => vars.push((name.to_string(), value)),
+                Err(_) if setting_key(name).is_some() => {
+                    return Err(ConfigError(format!(
+                        "the environment variable {name} is not valid UTF-8; settings are text"
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
+        Self::figment_with(file, vars)
+    }
+
+    /// [`Config::figment`] with the environment's variables given.
+    fn figment_with(
+        file: Option<&Path>,
+        vars: Vec<(String, String)>,
+    ) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => {
@@ -521,11 +622,10 @@ impl Config {
                 }
             }
         }
-        // Only MAILSFLUX_<SECTION>__<KEY> names are settings; MAILSFLUX_ADMIN_PASSWORD is not.
-        let env = Env::prefixed(ENV_PREFIX)
-            .filter(|key| key.as_str().contains("__"))
-            .split("__");
-        Ok(figment.merge(env))
+        for setting in EnvSetting::from_vars(vars) {
+            figment = figment.merge(setting);
+        }
+        Ok(figment)
     }
 
     /// Rules that types alone cannot say.
@@ -645,12 +745,38 @@ pub fn env_name(setting: &str) -> String {
     )
 }
 
+/// What serde expected, in words for the person editing the file rather than Rust's
+/// type names (`u16` means nothing to someone setting a port).
+fn plain_expected(expected: &str) -> String {
+    let words = match expected {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a string" | "a text" => {
+            "a text (in quotes in the TOML file; in an environment variable, a text starting \
+             with '[' is written in quotes: '\"[...\"')"
+        }
+        "a sequence" => {
+            "a list in brackets, like [\"1s\", \"5m\"] (also in an environment variable)"
+        }
+        other => other,
+    };
+    words.to_string()
+}
+
 fn describe_figment_error(err: figment::Error) -> ConfigError {
     let mut lines = Vec::new();
     for e in err {
         let mut path: Vec<String> = e.path.clone();
-        // Unknown keys are reported on their parent; name the key itself.
-        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+        // Name the unknown key itself: depending on the source figment reports it on its
+        // parent or already on the key.
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind
+            && path.last() != Some(field)
+        {
             path.push(field.clone());
         }
         let setting = path.join(".");
@@ -676,12 +802,22 @@ fn describe_figment_error(err: figment::Error) -> ConfigError {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            figment::error::Kind::InvalidType(actual, expected)
+            | figment::error::Kind::InvalidValue(actual, expected) => {
+                format!("found {actual}, expected {}", plain_expected(expected))
+            }
             other => other.to_string(),
         };
-        let env_hint = if setting.is_empty() {
+        // An entry of a list (`retry_schedule.1`) is set by the list's variable.
+        let variable: Vec<&str> = path
+            .iter()
+            .map(String::as_str)
+            .take_while(|part| !part.chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        let env_hint = if variable.is_empty() {
             String::new()
         } else {
-            format!(", env {}", env_name(&setting))
+            format!(", env {}", env_name(&variable.join(".")))
         };
         lines.push(format!(
             "invalid setting '{setting}' (from {source}{env_hint}): {what}"
@@ -745,6 +881,79 @@ mod tests {
         assert!(c.check().unwrap_err().0.contains("postal.easypost.api_key"));
         c.postal.easypost.api_key = "EZAK".into();
         c.check().unwrap();
+    }
+
+    /// The configuration from the defaults and `vars` alone, as `Config::load` reads it.
+    fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars = vars
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect::<Vec<_>>();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        for setting in EnvSetting::from_vars(vars) {
+            figment = figment.merge(setting);
+        }
+        figment.extract_lossy().map_err(describe_figment_error)
+    }
+
+    #[test]
+    fn environment_values_keep_their_text() {
+        let c = from_env(&[
+            ("MAILSFLUX_DELIVERY__RELAY__PASSWORD", "0123"),
+            ("MAILSFLUX_DELIVERY__RELAY__USERNAME", "1e5"),
+            ("MAILSFLUX_DATABASE__PATH", "2026"),
+            ("MAILSFLUX_DELIVERY__RELAY__PORT", "2525"),
+            ("MAILSFLUX_DELIVERY__REQUIRE_VERIFIED_DOMAIN", "true"),
+            ("MAILSFLUX_DELIVERY__RETRY_SCHEDULE", r#"["1s", "2m"]"#),
+            ("MAILSFLUX_DELIVERY__RELAY__HOST", r#""[::1]""#),
+            // Not settings: no double underscore, or another prefix.
+            ("MAILSFLUX_ADMIN_PASSWORD", "x"),
+            ("OTHER__DATABASE__PATH", "elsewhere.db"),
+            ("MAILSFLUX___", "nothing"),
+        ])
+        .unwrap();
+        assert_eq!(c.delivery.relay.password, "0123");
+        assert_eq!(c.delivery.relay.username, "1e5");
+        assert_eq!(c.database.path, Path::new("2026"));
+        assert_eq!(c.delivery.relay.port, 2525);
+        assert!(c.delivery.require_verified_domain);
+        let schedule: Vec<Duration> = c.delivery.retry_schedule.iter().map(|d| d.0).collect();
+        assert_eq!(schedule, [Duration::from_secs(1), Duration::from_secs(120)]);
+        assert_eq!(c.delivery.relay.host, "[::1]");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_what_is_allowed() {
+        let message = |vars: &[(&str, &str)]| from_env(vars).unwrap_err().0;
+        let port = message(&[("MAILSFLUX_DELIVERY__RELAY__PORT", "70000")]);
+        assert!(port.contains("'delivery.relay.port'"), "{port}");
+        assert!(port.contains("from 0 to 65535"), "{port}");
+        let switch = message(&[("MAILSFLUX_DELIVERY__REQUIRE_VERIFIED_DOMAIN", "maybe")]);
+        assert!(switch.contains("true or false"), "{switch}");
+        let list = message(&[("MAILSFLUX_DELIVERY__RETRY_SCHEDULE", "1s")]);
+        assert!(list.contains("a list in brackets"), "{list}");
+        // An entry of a list is set through the list's variable.
+        let entry = message(&[("MAILSFLUX_DELIVERY__RETRY_SCHEDULE", r#"["1s","2x"]"#)]);
+        assert!(
+            entry.contains("env MAILSFLUX_DELIVERY__RETRY_SCHEDULE)"),
+            "{entry}"
+        );
+        let text = message(&[("MAILSFLUX_DELIVERY__RELAY__PASSWORD", "[a,b]")]);
+        assert!(text.contains("written in quotes"), "{text}");
+        // An unknown key is named once, from the environment and from a file.
+        let unknown = message(&[("MAILSFLUX_SERVER__LISTENX", "1")]);
+        assert!(unknown.contains("'server.listenx' ("), "{unknown}");
+        let from_file = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[server]\nlistenx = 1\n"))
+            .extract_lossy::<Config>()
+            .map_err(describe_figment_error)
+            .unwrap_err()
+            .0;
+        assert!(from_file.contains("'server.listenx' ("), "{from_file}");
+        assert!(
+            from_file.contains("env MAILSFLUX_SERVER__LISTENX)"),
+            "{from_file}"
+        );
     }
 
     #[test]

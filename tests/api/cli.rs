@@ -278,7 +278,7 @@ fn bad_settings_stop_serve_with_exit_2_naming_them() {
     );
     check(
         mailsflux(dir.path()).env("MAILSFLUX_SERVER__MAX_BODY_BYTES", "lots"),
-        &["server.max_body_bytes"],
+        &["server.max_body_bytes", "\"lots\"", "a whole number"],
     );
     check(
         mailsflux(dir.path()).env("MAILSFLUX_WEBHOOKS__TIMEOUT", "soon"),
@@ -293,13 +293,22 @@ fn bad_settings_stop_serve_with_exit_2_naming_them() {
         "[server]\nlisten_adress = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    check(&mut mailsflux(dir.path()), &["server.listen_adress"]);
+    check(
+        &mut mailsflux(dir.path()),
+        &[
+            "'server.listen_adress'",
+            "env MAILSFLUX_SERVER__LISTEN_ADRESS)",
+        ],
+    );
     std::fs::write(
         dir.path().join("mailsflux.toml"),
         "[sever]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    check(&mut mailsflux(dir.path()), &["sever"]);
+    check(
+        &mut mailsflux(dir.path()),
+        &["'sever'", "env MAILSFLUX_SEVER)"],
+    );
     let other = dir.path().join("other.toml");
     std::fs::write(&other, "[delivery]\nconcurrency = 0\n").unwrap();
     check(
