@@ -219,12 +219,9 @@ fn admin_create(database: &DatabaseConfig, email: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let db = match Db::open(database) {
+    let db = match open_db(database) {
         Ok(db) => db,
-        Err(e) => {
-            eprintln!("mailsflux: cannot open the database: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let e2 = email.clone();
     let created = db.write_blocking(move |c| session::create_admin(c, &e2, &hash));
@@ -244,6 +241,9 @@ fn admin_create(database: &DatabaseConfig, email: &str) -> ExitCode {
 /// `contacts import`: a progress bar on standard error, then the figures and every skipped
 /// row (line number and reason). Exit 1 when nothing could be imported.
 fn import_contacts(config: &DatabaseConfig, audience: &str, path: &std::path::Path) -> ExitCode {
+    if let Err(code) = require_existing_db(config) {
+        return code;
+    }
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -260,15 +260,9 @@ fn import_contacts(config: &DatabaseConfig, audience: &str, path: &std::path::Pa
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let db = match Db::open(config) {
+    let db = match open_db(config) {
         Ok(db) => db,
-        Err(e) => {
-            eprintln!(
-                "mailsflux: cannot open the database {}: {e}",
-                config.path.display()
-            );
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let reader = std::io::BufReader::with_capacity(1 << 16, file);
     let result =
@@ -316,17 +310,38 @@ fn init_logging() {
     }
 }
 
+/// Refuses a command that only reads or changes what is already stored when there is no
+/// database yet: run in the wrong directory, or with the setting unset, it would otherwise
+/// create an empty database there and answer as if nothing had ever been stored.
+fn require_existing_db(config: &DatabaseConfig) -> Result<(), ExitCode> {
+    if config.path.exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "mailsflux: there is no database at {} (the setting database.path, env {}); \
+         `mailsflux serve` or `mailsflux migrate` creates it",
+        config.path.display(),
+        mailsflux::config::env_name("database.path")
+    );
+    Err(ExitCode::from(1))
+}
+
+/// Opens the database (migrating it) for a one-shot command, or says why it cannot.
+fn open_db(config: &DatabaseConfig) -> Result<Db, ExitCode> {
+    Db::open(config).map_err(|e| {
+        eprintln!(
+            "mailsflux: cannot open the database {}: {e}",
+            config.path.display()
+        );
+        ExitCode::from(1)
+    })
+}
+
 /// Opens the database (migrating it) for a one-shot command.
 fn with_db(config: &DatabaseConfig, f: impl FnOnce(&Db) -> Result<(), StoreError>) -> ExitCode {
-    let db = match Db::open(config) {
+    let db = match open_db(config) {
         Ok(db) => db,
-        Err(e) => {
-            eprintln!(
-                "mailsflux: cannot open the database {}: {e}",
-                config.path.display()
-            );
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = f(&db);
     db.close();
@@ -369,58 +384,69 @@ fn keys_command(config: &DatabaseConfig, cmd: KeysCommand) -> ExitCode {
                 Ok(())
             })
         }
-        KeysCommand::List => with_db(config, |db| {
-            let conn = db.read_blocking()?;
-            let list = keys::list(&conn)?;
-            println!(
-                "{:<32} {:<5} {:<15} {:<21} {:<21} {:<9} NAME",
-                "ID", "MODE", "PERMISSION", "CREATED", "LAST USED", "STATUS"
-            );
-            for k in list {
-                println!(
-                    "{:<32} {:<5} {:<15} {:<21} {:<21} {:<9} {}",
-                    k.id,
-                    k.mode.as_str(),
-                    k.permission.as_str(),
-                    time::format(k.created_at),
-                    k.last_used_at.map_or_else(|| "never".into(), time::format),
-                    if k.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    },
-                    k.name
-                );
+        KeysCommand::List => {
+            if let Err(code) = require_existing_db(config) {
+                return code;
             }
-            Ok(())
-        }),
+            list_keys(config)
+        }
         KeysCommand::Revoke { key_id } => {
-            let db = match Db::open(config) {
-                Ok(db) => db,
-                Err(e) => {
-                    eprintln!("mailsflux: cannot open the database: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            let id = key_id.clone();
-            let revoked = db.write_blocking(move |c| keys::revoke(c, &id));
-            db.close();
-            match revoked {
-                Ok(true) => {
-                    eprintln!("mailsflux: revoked {key_id}; it stops working within 5 seconds");
-                    ExitCode::SUCCESS
-                }
-                Ok(false) => {
-                    eprintln!(
-                        "mailsflux: no active key with id {key_id} (see `mailsflux keys list`)"
-                    );
-                    ExitCode::from(1)
-                }
-                Err(e) => {
-                    eprintln!("mailsflux: {e}");
-                    ExitCode::from(1)
-                }
+            if let Err(code) = require_existing_db(config) {
+                return code;
             }
+            revoke_key(config, &key_id)
+        }
+    }
+}
+
+fn list_keys(config: &DatabaseConfig) -> ExitCode {
+    with_db(config, |db| {
+        let conn = db.read_blocking()?;
+        let list = keys::list(&conn)?;
+        println!(
+            "{:<32} {:<5} {:<15} {:<21} {:<21} {:<9} NAME",
+            "ID", "MODE", "PERMISSION", "CREATED", "LAST USED", "STATUS"
+        );
+        for k in list {
+            println!(
+                "{:<32} {:<5} {:<15} {:<21} {:<21} {:<9} {}",
+                k.id,
+                k.mode.as_str(),
+                k.permission.as_str(),
+                time::format(k.created_at),
+                k.last_used_at.map_or_else(|| "never".into(), time::format),
+                if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                },
+                k.name
+            );
+        }
+        Ok(())
+    })
+}
+
+fn revoke_key(config: &DatabaseConfig, key_id: &str) -> ExitCode {
+    let db = match open_db(config) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let id = key_id.to_string();
+    let revoked = db.write_blocking(move |c| keys::revoke(c, &id));
+    db.close();
+    match revoked {
+        Ok(true) => {
+            eprintln!("mailsflux: revoked {key_id}; it stops working within 5 seconds");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("mailsflux: no active key with id {key_id} (see `mailsflux keys list`)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("mailsflux: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -186,6 +186,19 @@ fn version_and_help() {
 #[test]
 fn keys_create_list_and_revoke() {
     let dir = TempDir::new().unwrap();
+    // Before any database exists, listing or revoking says so and creates none (run in
+    // the wrong directory, it would otherwise answer from a new, empty one).
+    for args in [&["keys", "list"][..], &["keys", "revoke", "key_x"]] {
+        let out = run(mailsflux(dir.path()).args(args));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("no database at"), "{stderr}");
+        assert!(stderr.contains("MAILSFLUX_DATABASE__PATH"), "{stderr}");
+        assert!(
+            !dir.path().join("mailsflux.db").exists(),
+            "{args:?} created it"
+        );
+    }
     let out = run(mailsflux(dir.path()).args(["keys", "create", "--name", "ci", "--mode", "live"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
