@@ -306,10 +306,10 @@ impl Application {
                 .app_data(postal_data.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::FormConfig::default().limit(max_body))
-                .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                    http::ApiError::validation(format!("The query string is not valid: {err}."))
-                        .into()
-                }))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|err, _| http::query_error(&err).into()),
+                )
                 .app_data(web::PathConfig::default().error_handler(|err, _| {
                     http::ApiError::validation(format!("The path is not valid: {err}.")).into()
                 }))

@@ -29,6 +29,7 @@ fn no_audience(id: &str, mode: Mode) -> ApiError {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PageQuery {
     limit: Option<String>,
     cursor: Option<String>,
@@ -201,6 +202,7 @@ async fn upsert_contacts(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ContactsQuery {
     limit: Option<String>,
     cursor: Option<String>,

@@ -228,6 +228,7 @@ async fn create_domain(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     limit: Option<String>,
     cursor: Option<String>,

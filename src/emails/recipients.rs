@@ -99,6 +99,7 @@ pub fn page(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RecipientsQuery {
     limit: Option<String>,
     cursor: Option<String>,

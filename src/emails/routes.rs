@@ -478,6 +478,7 @@ async fn send_batch(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GetQuery {
     include: Option<String>,
 }
@@ -521,6 +522,7 @@ async fn get_email(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
     #[serde(rename = "type")]

@@ -225,7 +225,9 @@ fn join_path(parent: &str, field: &str) -> String {
     }
 }
 
-fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+/// The text of `s` between the first `start` and the next `end` (serde's messages quote
+/// names between backticks).
+pub(crate) fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let from = s.find(start)? + start.len();
     let len = s[from..].find(end)?;
     Some(&s[from..from + len])

@@ -144,6 +144,31 @@ pub fn include_content(include: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
+/// The 422 for a query string the route's parameters cannot hold: an unknown parameter is
+/// named with the ones allowed (a misspelt filter would otherwise be ignored and the list
+/// answered unfiltered), anything else quoted as serde reports it.
+pub fn query_error(err: &actix_web::error::QueryPayloadError) -> ApiError {
+    let text = err.to_string();
+    if let Some(name) = json::between(&text, "unknown field `", "`") {
+        let allowed = text
+            .split_once("expected ")
+            .map(|(_, rest)| format!(" Allowed here: {}.", rest.replace('`', "'")))
+            .unwrap_or_else(|| " This route takes no query parameters.".to_string());
+        return ApiError::validation(format!("Unknown query parameter '{name}'.{allowed}"))
+            .with_field(name);
+    }
+    if let Some(name) = json::between(&text, "duplicate field `", "`") {
+        return ApiError::validation(format!(
+            "The query parameter '{name}' is given more than once; give it once."
+        ))
+        .with_field(name);
+    }
+    ApiError::validation(format!(
+        "The query string is not valid: {}.",
+        text.replace('`', "'")
+    ))
+}
+
 /// The JSON body of a successful answer.
 pub fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()

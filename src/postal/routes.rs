@@ -157,6 +157,7 @@ async fn send_mail(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GetQuery {
     include: Option<String>,
 }
@@ -204,6 +205,7 @@ async fn get_mail(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
     #[serde(rename = "type")]

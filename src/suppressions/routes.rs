@@ -28,6 +28,7 @@ fn parse_reason(raw: &str) -> Result<Reason, ApiError> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     reason: Option<String>,
     email: Option<String>,

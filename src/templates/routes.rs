@@ -343,6 +343,7 @@ async fn get_template(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     limit: Option<String>,
     cursor: Option<String>,
@@ -351,6 +352,10 @@ struct ListQuery {
 /// `GET /v1/templates`
 #[utoipa::path(
     tag = "templates",
+    params(
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
     responses((status = 200, description = "A list of templates")),
     security(("api_key" = []))
 )]

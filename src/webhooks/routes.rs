@@ -156,6 +156,7 @@ pub async fn create_endpoint(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PageQuery {
     limit: Option<String>,
     cursor: Option<String>,

@@ -495,3 +495,76 @@ async fn metrics_count_requests_and_accepted_emails() {
     assert!(within("0.02") <= within("0.025"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"));
 }
+
+/// Every GET route that takes query parameters (as the OpenAPI document lists them) refuses
+/// one it does not know, naming it: a misspelt filter (`stauts=delivered`) must not answer
+/// the whole, unfiltered list. New routes are covered by themselves.
+#[tokio::test]
+async fn unknown_and_repeated_query_parameters_are_refused_naming_them() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value = reqwest::get(app.url("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = Vec::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        let Some(get) = operations.get("get") else {
+            continue;
+        };
+        let known: Vec<&str> = get["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        if known.is_empty() {
+            continue;
+        }
+        // Ids need not exist: the query is refused before anything is looked up.
+        let prefix = match path.split('/').nth(2) {
+            Some("emails") => "msg",
+            Some("mail") => "mail",
+            _ => "x",
+        };
+        let path = path.replace("{id}", &format!("{prefix}_01JNPXR4KQ8S2V3WZ6B7C9D0EF"));
+        let res = app
+            .get(
+                &format!("{path}?{}=1&no_such_param=1", known[0]),
+                &app.test_key,
+            )
+            .await;
+        let body = assert_error(res, 422, "validation_error").await;
+        assert_eq!(body["field"], "no_such_param", "{path}: {body}");
+        let message = body["message"].as_str().unwrap();
+        for name in &known {
+            assert!(message.contains(&format!("'{name}'")), "{path}: {message}");
+        }
+        checked.push(path);
+    }
+    assert!(checked.len() >= 10, "{checked:?}");
+    assert!(
+        checked.contains(&"/v1/templates".to_string()),
+        "{checked:?}"
+    );
+
+    let res = app.get("/v1/emails?stauts=delivered", &app.test_key).await;
+    let body = assert_error(res, 422, "validation_error").await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown query parameter 'stauts'"),
+        "{body}"
+    );
+    let res = app.get("/v1/emails?limit=1&limit=2", &app.test_key).await;
+    let body = assert_error(res, 422, "validation_error").await;
+    assert_eq!(body["field"], "limit", "{body}");
+    // Known parameters still work.
+    let res = app
+        .get("/v1/emails?limit=1&status=queued", &app.test_key)
+        .await;
+    assert_eq!(res.status(), 200);
+}
