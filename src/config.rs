@@ -499,16 +499,16 @@ struct EnvSetting {
 }
 
 impl EnvSetting {
-    /// The settings among environment variables.
-    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<EnvSetting> {
+    /// `figment` with the settings among the environment variables `vars` over it.
+    fn merge_into(figment: Figment, vars: impl IntoIterator<Item = (String, String)>) -> Figment {
         vars.into_iter()
-            .filter_map(|(name, text)| {
-                Some(EnvSetting {
-                    key: setting_key(&name)?,
+            .fold(figment, |figment, (name, text)| match setting_key(&name) {
+                Some(key) => figment.merge(EnvSetting {
+                    key,
                     value: env_value(&text),
-                })
+                }),
+                None => figment,
             })
-            .collect()
     }
 }
 
@@ -622,10 +622,7 @@ impl Config {
                 }
             }
         }
-        for setting in EnvSetting::from_vars(vars) {
-            figment = figment.merge(setting);
-        }
-        Ok(figment)
+        Ok(EnvSetting::merge_into(figment, vars))
     }
 
     /// Rules that types alone cannot say.
@@ -889,11 +886,10 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect::<Vec<_>>();
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        for setting in EnvSetting::from_vars(vars) {
-            figment = figment.merge(setting);
-        }
-        figment.extract_lossy().map_err(describe_figment_error)
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        EnvSetting::merge_into(defaults, vars)
+            .extract_lossy()
+            .map_err(describe_figment_error)
     }
 
     #[test]

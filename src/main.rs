@@ -337,7 +337,8 @@ fn open_db(config: &DatabaseConfig) -> Result<Db, ExitCode> {
     })
 }
 
-/// Opens the database (migrating it) for a one-shot command.
+/// Runs `f` on the database for a one-shot command, closes it, and turns the outcome into
+/// the exit code.
 fn with_db(config: &DatabaseConfig, f: impl FnOnce(&Db) -> Result<(), StoreError>) -> ExitCode {
     let db = match open_db(config) {
         Ok(db) => db,
@@ -399,6 +400,7 @@ fn keys_command(config: &DatabaseConfig, cmd: KeysCommand) -> ExitCode {
     }
 }
 
+/// `keys list`: a table on standard output, never a secret.
 fn list_keys(config: &DatabaseConfig) -> ExitCode {
     with_db(config, |db| {
         let conn = db.read_blocking()?;
@@ -427,6 +429,7 @@ fn list_keys(config: &DatabaseConfig) -> ExitCode {
     })
 }
 
+/// `keys revoke`: exit 1 when no active key has that id.
 fn revoke_key(config: &DatabaseConfig, key_id: &str) -> ExitCode {
     let db = match open_db(config) {
         Ok(db) => db,
