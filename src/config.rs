@@ -744,8 +744,8 @@ pub fn env_name(setting: &str) -> String {
 
 /// What serde expected, in words for the person editing the file rather than Rust's
 /// type names (`u16` means nothing to someone setting a port).
-fn plain_expected(expected: &str) -> String {
-    let words = match expected {
+fn plain_expected(expected: &str) -> &str {
+    match expected {
         "u8" => "a whole number from 0 to 255",
         "u16" => "a whole number from 0 to 65535",
         "u32" => "a whole number from 0 to 4294967295",
@@ -761,8 +761,7 @@ fn plain_expected(expected: &str) -> String {
             "a list in brackets, like [\"1s\", \"5m\"] (also in an environment variable)"
         }
         other => other,
-    };
-    words.to_string()
+    }
 }
 
 fn describe_figment_error(err: figment::Error) -> ConfigError {

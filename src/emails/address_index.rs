@@ -724,6 +724,12 @@ mod tests {
         .unwrap()
     }
 
+    /// Writes what is left of `copy` in one transaction; whether that failed.
+    fn finish_fails(db: &Db, mut copy: RunCopy) -> bool {
+        db.write_blocking(move |c| copy.write_next(c, usize::MAX))
+            .is_err()
+    }
+
     fn new_copy(db: &Db) -> RunCopy {
         RunCopy::of_new_recipients(&db.read_blocking().unwrap(), 1_000)
             .unwrap()
@@ -814,26 +820,14 @@ mod tests {
 
         // The abandoned copy's run is gone: finishing it fails and moves nothing.
         let indexed = indexed_to(&db.read_blocking().unwrap()).unwrap();
-        assert!(
-            db.write_blocking(move |c| {
-                let mut abandoned = abandoned;
-                abandoned.write_next(c, usize::MAX)
-            })
-            .is_err()
-        );
+        assert!(finish_fails(&db, abandoned));
         assert_eq!(indexed_to(&db.read_blocking().unwrap()).unwrap(), indexed);
         check(&expected);
         assert_counts_hold(&db);
         // So does the stale one, whose run is new and whose entries clash with nothing:
         // the mark moved since it read, so it leaves no run and the mark where it is.
         let before = runs(&db);
-        assert!(
-            db.write_blocking(move |c| {
-                let mut stale = stale;
-                stale.write_next(c, usize::MAX)
-            })
-            .is_err()
-        );
+        assert!(finish_fails(&db, stale));
         assert_eq!(indexed_to(&db.read_blocking().unwrap()).unwrap(), indexed);
         assert_eq!(runs(&db), before);
 

@@ -180,10 +180,7 @@ fn describe(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             // serde reports an unknown field at its parent; name the field itself.
             if let Some(field) = between(&text, "unknown field `", "`") {
                 let field_path = join_path(&path, field);
-                let allowed = text
-                    .split_once("expected ")
-                    .map(|(_, rest)| format!(" Allowed here: {}.", rest.replace('`', "'")))
-                    .unwrap_or_default();
+                let allowed = allowed_here(&text).unwrap_or_default();
                 return ApiError::validation(format!("Unknown field '{field_path}'.{allowed}"))
                     .with_field(field_path);
             }
@@ -223,6 +220,13 @@ fn join_path(parent: &str, field: &str) -> String {
     } else {
         format!("{parent}.{field}")
     }
+}
+
+/// " Allowed here: 'a', 'b'." from serde's "unknown field `x`, expected `a` or `b`", when it
+/// lists what is expected.
+pub(crate) fn allowed_here(text: &str) -> Option<String> {
+    text.split_once("expected ")
+        .map(|(_, rest)| format!(" Allowed here: {}.", rest.replace('`', "'")))
 }
 
 /// The text of `s` between the first `start` and the next `end` (serde's messages quote

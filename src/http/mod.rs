@@ -150,9 +150,7 @@ pub fn include_content(include: Option<&str>) -> Result<bool, ApiError> {
 pub fn query_error(err: &actix_web::error::QueryPayloadError) -> ApiError {
     let text = err.to_string();
     if let Some(name) = json::between(&text, "unknown field `", "`") {
-        let allowed = text
-            .split_once("expected ")
-            .map(|(_, rest)| format!(" Allowed here: {}.", rest.replace('`', "'")))
+        let allowed = json::allowed_here(&text)
             .unwrap_or_else(|| " This route takes no query parameters.".to_string());
         return ApiError::validation(format!("Unknown query parameter '{name}'.{allowed}"))
             .with_field(name);
